@@ -1,0 +1,268 @@
+"""The pytest plugin behind every kata (loaded by the root conftest.py).
+
+It adds ``--impl``, lets ``pytest katas/05`` name a kata by number, runs Triton under
+its interpreter when there is no GPU, skips GPU-only tests with a reason, turns an
+unimplemented stub into one line per test, and ends the run with a kata summary.
+"""
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import katas as catalog
+from harness.impl import ENV_VAR, resolve_impl_dir
+
+# -- Hypothesis profiles --------------------------------------------------------------
+try:
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("learner", max_examples=30, **_common)  # quick, randomised
+    settings.register_profile("ci", max_examples=30, derandomize=True, database=None, **_common)
+    settings.register_profile("thorough", max_examples=400, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "learner"))
+except ImportError:  # pragma: no cover - hypothesis is a dependency
+    pass
+
+_KATA_ARG = re.compile(r"^(?:katas[/\\])?(\d{1,2})(?:[/\\]?)(.*)$")
+_TASK_CLASS = re.compile(r"TestTask(\d+)")
+_EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no torch, no GPU
+        return False
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("katas")
+    group.addoption(
+        "--impl",
+        default=None,
+        help="whose modules to test: 'stubs' (default), 'reference', or a folder of modules "
+        f"(also set by the environment variable {ENV_VAR})",
+    )
+
+
+def _rewrite_kata_args(args: list[str]) -> list[str]:
+    """'katas/05' or '05' (and 'katas/05/test_x.py::t') -> the real kata folder."""
+    out = []
+    for arg in args:
+        m = _KATA_ARG.match(arg)
+        path_part = arg.split("::", 1)[0]
+        if m and not Path(path_part).exists() and m.group(1).zfill(2) in catalog.KATAS:
+            folder = catalog.KATAS[m.group(1).zfill(2)][0]
+            rest = m.group(2)
+            out.append(str(Path("katas") / folder / rest) if rest else str(Path("katas") / folder))
+        else:
+            out.append(arg)
+    return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    impl = resolve_impl_dir(config.getoption("--impl"))
+    os.environ[ENV_VAR] = str(impl)
+    config._kata_impl = impl  # type: ignore[attr-defined]
+    config.args[:] = _rewrite_kata_args(list(config.args))
+    config._kata_gpu = _cuda_available()  # type: ignore[attr-defined]
+    if not config._kata_gpu:  # type: ignore[attr-defined]
+        # Must happen before any @triton.jit runs: the decorator reads it.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    config._kata_results = []  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    impl = config._kata_impl  # type: ignore[attr-defined]
+    lines = [f"katas: testing the modules in {impl}  (--impl stubs|reference|PATH)"]
+    if config._kata_gpu:  # type: ignore[attr-defined]
+        import torch
+
+        lines.append(f"katas: GPU {torch.cuda.get_device_name()}: gpu and perf tests run")
+    else:
+        lines.append(
+            "katas: no CUDA GPU: Triton kernels run under the interpreter (TRITON_INTERPRET=1), "
+            "gpu/perf tests skip. In your kernels, cast bf16/fp16 to float32 right after tl.load: "
+            "the interpreter computes garbage with bf16 values."
+        )
+    return lines
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config._kata_gpu:  # type: ignore[attr-defined]
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none found); on CPU the kernels are "
+                            "checked for correctness under the Triton interpreter instead")
+    for item in items:
+        if "gpu" in item.keywords or "perf" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- Fixtures shared by every kata ----------------------------------------------------
+@pytest.fixture(scope="session")
+def device() -> Any:
+    """torch.device('cuda') when a GPU is present, else CPU (Triton under the interpreter)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def device_peaks() -> Any:
+    """Copy bandwidth and bf16 matmul rate of this GPU, measured once per run."""
+    from harness import perf
+
+    return perf.measure_device_peaks()
+
+
+@pytest.fixture
+def perf(request: pytest.FixtureRequest, device_peaks: Any, benchmark: Any) -> Any:
+    """Times kernels with CUDA events and checks them against perf_targets/ (see harness/perf.py)."""
+    from harness import perf as perf_mod
+
+    return perf_mod.PerfChecker(request, device_peaks, benchmark)
+
+
+# -- Reporting: one line for a TODO, a timeout that says "hang", a kata summary --------
+def _task_of(item: pytest.Item) -> str | None:
+    m = _TASK_CLASS.search(item.nodeid)
+    return m.group(1) if m else None
+
+
+def _todo_location(excinfo: pytest.ExceptionInfo[BaseException], impl: Path) -> tuple[str, str]:
+    """(function name, file:line) of the deepest frame of the learner's module."""
+    func, where = "?", "?"
+    for entry in excinfo.traceback:
+        path = Path(str(entry.path))
+        if path.parent.resolve() == impl.resolve():
+            func, where = entry.name, f"{_short(path)}:{entry.lineno + 1}"
+    return func, where
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException] | None) -> bool:
+    if excinfo is None:
+        return False
+    exc: BaseException | None = excinfo.value
+    while exc is not None:  # hypothesis may wrap or chain the original error
+        if isinstance(exc, NotImplementedError):
+            return True
+        if isinstance(exc, _EXCEPTION_GROUP):  # several failing examples at once
+            return all(isinstance(e, NotImplementedError) for e in exc.exceptions)
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if call.when != "call" and not (call.when == "setup" and report.failed):
+        return report
+    number = catalog.kata_of_path(item.path)
+    task = _task_of(item)
+    kind = report.outcome
+    impl = item.config._kata_impl  # type: ignore[attr-defined]
+    if report.failed and _not_implemented(call.excinfo):
+        kind = "todo"
+        func, where = _todo_location(call.excinfo, impl)  # type: ignore[arg-type]
+        readme = f"katas/{catalog.KATAS[number][0]}/README.md" if number else "the kata README"
+        section = f", Task {task}" if task else ""
+        report.longrepr = (f"TODO: {func}() is not implemented yet ({where}). "
+                           f"Read {readme}{section}.")
+        report._kata_todo = (func, where, task)  # type: ignore[attr-defined]
+    elif report.failed and "Timeout (>" in str(report.longrepr):
+        limit = re.search(r"Timeout \(>([\d.]+)s\)", str(report.longrepr))
+        report.longrepr = (
+            f"TIMEOUT: the test ran over {limit.group(1) if limit else 'its'} s and was stopped. "
+            "Your code probably hangs: a loop whose condition never changes, a wait on something "
+            "that never comes, or a kernel launched over a far too large grid.\n"
+            + str(report.longrepr)[-2000:]
+        )
+        kind = "timeout"
+    elif report.failed and isinstance(getattr(call.excinfo, "value", None), ImportError) and \
+            "could not import" in str(call.excinfo.value):  # type: ignore[union-attr]
+        report.longrepr = f"IMPORT ERROR: {call.excinfo.value}"  # type: ignore[union-attr]
+        kind = "import_error"
+    if call.when == "call" or report.failed:
+        item.config._kata_results.append(  # type: ignore[attr-defined]
+            {"nodeid": item.nodeid, "kata": number, "task": task, "outcome": kind,
+             "todo": getattr(report, "_kata_todo", None)}
+        )
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "setup" and report.skipped:
+        pass  # skips are counted from the terminal reporter's stats
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    results = config._kata_results  # type: ignore[attr-defined]
+    skipped = defaultdict(int)
+    for rep in terminalreporter.stats.get("skipped", []):
+        number = catalog.kata_of_path(rep.nodeid.split("::")[0])
+        if number:
+            skipped[number] += 1
+    by_kata: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        if r["kata"]:
+            by_kata[r["kata"]].append(r)
+    if not by_kata:
+        return
+    tr = terminalreporter
+    tr.section("kata summary")
+    summary = {}
+    for number in sorted(by_kata):
+        rows = by_kata[number]
+        folder, module = catalog.KATAS[number]
+        passed = sum(r["outcome"] == "passed" for r in rows)
+        todo = [r for r in rows if r["outcome"] == "todo"]
+        failed = [r for r in rows if r["outcome"] not in ("passed", "todo", "skipped")]
+        total = len([r for r in rows if r["outcome"] != "skipped"])
+        line = f"kata {number} {module}: {passed} of {total} checks pass"
+        if skipped[number]:
+            line += f" ({skipped[number]} skipped: GPU only)"
+        tr.write_line(line, green=passed == total, yellow=0 < passed < total, red=passed == 0)
+        if failed:
+            first = failed[0]
+            task = f"Task {first['task']}, " if first["task"] else ""
+            tr.write_line(f"  first real failure: {task}{first['nodeid']}")
+        if todo:
+            func, where, task = todo[0]["todo"]
+            task_text = f"Task {task}: " if task else ""
+            tr.write_line(f"  next to implement: {task_text}{func}() in {where} "
+                          f"(katas/{folder}/README.md)")
+        elif not failed and passed == total:
+            tr.write_line("  all checks pass. Hints and the reference solution: "
+                          f"katas/{folder}/README.md and reference/{module}.py")
+        summary[number] = {"passed": passed, "total": total, "todo": len(todo),
+                           "failed": len(failed), "skipped": skipped[number]}
+    _save_progress(config, summary)
+
+
+def _save_progress(config: pytest.Config, summary: dict[str, Any]) -> None:
+    """Remember per-kata results for `python kata.py status` (and the self-test's report)."""
+    report_path = os.environ.get("KATA_REPORT")
+    payload = {"impl": str(config._kata_impl), "time": time.time(),  # type: ignore[attr-defined]
+               "katas": summary, "results": config._kata_results}  # type: ignore[attr-defined]
+    if report_path:
+        Path(report_path).write_text(json.dumps(payload, indent=1))
