@@ -3,7 +3,8 @@
 A mutant is a small textual edit of the reference solution: `find` must occur in
 reference/<module>.py exactly `count` times, and is replaced by `replace`. The
 self-test writes the edited module into a scratch folder and runs the kata's tests
-against it with ``--impl``; at least one test must fail. Keeping mutants as edits
+against it with ``--impl``; at least one test must fail, and where `expect` is set
+the failure output must contain it (this proves a diagnostic hint names the bug). Keeping mutants as edits
 (not copies) means they always track the reference and stay one bug each.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Mutant:
     find: str  # exact text in the reference module
     replace: str  # what it becomes
     count: int = 1  # how many times `find` occurs (all are replaced)
+    expect: str = ""  # text the failing run's output must contain (a diagnostic hint), if any
 
     def apply(self, source: str) -> str:
         found = source.count(self.find)

@@ -83,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Must happen before any @triton.jit runs: the decorator reads it.
         os.environ.setdefault("TRITON_INTERPRET", "1")
     config._kata_results = []  # type: ignore[attr-defined]
+    config._kata_perf = []  # type: ignore[attr-defined]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -210,11 +211,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "setup" and report.skipped:
-        pass  # skips are counted from the terminal reporter's stats
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     results = config._kata_results  # type: ignore[attr-defined]
     skipped = defaultdict(int)
@@ -260,7 +256,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def _save_progress(config: pytest.Config, summary: dict[str, Any]) -> None:
-    """Remember per-kata results for `python kata.py status` (and the self-test's report)."""
+    """Write the run's results for the self-test (KATA_REPORT) and perf tiers for `status`."""
+    perf_cases = config._kata_perf  # type: ignore[attr-defined]
+    if perf_cases:
+        import torch
+
+        progress_path = catalog.ROOT / ".kata_progress.json"
+        progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
+        for module in {c["module"] for c in perf_cases}:
+            progress.setdefault("perf", {})[module] = {
+                "gpu": torch.cuda.get_device_name(), "time": time.time(),
+                "impl": str(config._kata_impl),  # type: ignore[attr-defined]
+                "cases": [c for c in perf_cases if c["module"] == module]}
+        progress_path.write_text(json.dumps(progress, indent=1))
     report_path = os.environ.get("KATA_REPORT")
     payload = {"impl": str(config._kata_impl), "time": time.time(),  # type: ignore[attr-defined]
                "katas": summary, "results": config._kata_results}  # type: ignore[attr-defined]

@@ -1,0 +1,143 @@
+"""The suite's own checks: stubs and reference agree, mutants apply, targets are sane."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from harness import assert_close
+from harness.katas import KATAS, KATAS_DIR, ROOT, built_katas
+from harness.mutants import Mutant
+from harness.perf import TARGETS_DIR, load_target, tiers_met, tomllib
+from harness.plugin import _rewrite_kata_args
+from harness.selftest import load_mutants
+
+BUILT = built_katas()
+
+
+def _import(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _public_api(module: ModuleType) -> dict[str, str]:
+    """name -> signature text, for the module's own public functions, classes and methods."""
+    api = {}
+    for name, obj in vars(module).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isfunction(obj) or hasattr(obj, "fn"):  # plain or @triton.jit
+            fn = getattr(obj, "fn", obj)
+            api[name] = str(inspect.signature(fn))
+        elif inspect.isclass(obj):
+            api[name] = str(inspect.signature(obj)) if not issubclass(obj, tuple) else str(obj._fields)
+            for attr, member in vars(obj).items():
+                if not attr.startswith("_") and (inspect.isfunction(member) or isinstance(member, property)):
+                    target = member.fget if isinstance(member, property) else member
+                    api[f"{name}.{attr}"] = str(inspect.signature(target))
+    return api
+
+
+@pytest.mark.parametrize("number", BUILT)
+def test_stub_and_reference_have_identical_public_api(number: str) -> None:
+    module = KATAS[number][1]
+    stub = _public_api(_import(ROOT / "stubs" / f"{module}.py", f"_stub_{module}"))
+    ref = _public_api(_import(ROOT / "reference" / f"{module}.py", f"_ref_{module}"))
+    extra = sorted(set(stub) - set(ref))
+    # The reference may keep extra helpers (kernels, launchers); the stub's API must be in it.
+    assert not extra, f"stubs/{module}.py defines {extra}, which reference/{module}.py lacks"
+    differ = {k: (stub[k], ref[k]) for k in stub if stub[k] != ref[k]}
+    assert not differ, f"stubs/{module}.py and reference/{module}.py disagree on signatures: {differ}"
+    assert stub, f"stubs/{module}.py has no public functions"
+
+
+@pytest.mark.parametrize("number", BUILT)
+def test_every_mutant_applies_to_the_reference(number: str) -> None:
+    module = KATAS[number][1]
+    source = (ROOT / "reference" / f"{module}.py").read_text()
+    mutants = load_mutants(number)
+    names = [m.name for m in mutants]
+    assert len(names) == len(set(names)), f"duplicate mutant names in kata {number}"
+    for mutant in mutants:
+        assert re.fullmatch(r"[a-z0-9_]+", mutant.name), f"mutant name {mutant.name!r}: use a-z, 0-9, _"
+        mutant.apply(source)  # raises with a clear message when its text is gone
+
+
+@pytest.mark.parametrize("number", BUILT)
+def test_readme_has_every_section(number: str) -> None:
+    text = (KATAS_DIR / KATAS[number][0] / "README.md").read_text().lower()
+    for section in ("## task 1", "hint", "pitfall", "further reading"):
+        assert section in text, f"katas/{KATAS[number][0]}/README.md lacks a '{section}' section"
+
+
+@pytest.mark.parametrize("path", sorted(TARGETS_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_perf_targets_are_well_formed(path: Path) -> None:
+    for target, spec in tomllib.loads(path.read_text()).items():
+        tiers = spec["tiers"]
+        assert list(tiers)[:1] == ["bronze"], f"{path.name} [{target}]: tiers start at bronze"
+        for key in ("required", "reference_required"):
+            if key in spec:
+                assert spec[key] in tiers, f"{path.name} [{target}]: {key} names no tier"
+        previous: dict[str, float] = {}
+        for name, conditions in tiers.items():
+            for metric, value in conditions.items():
+                assert re.fullmatch(r"copy_fraction|matmul_fraction|vs_\w+", metric), metric
+                assert value >= previous.get(metric, 0), f"{path.name} [{target}] {name}.{metric} drops"
+            previous.update(conditions)
+        merged = load_target(path.stem, target, "NVIDIA H100 80GB HBM3")
+        assert set(merged["tiers"]) == set(tiers)
+
+
+def test_tiers_met_needs_every_condition() -> None:
+    tiers = {"bronze": {"vs_torch": 1.0}, "silver": {"vs_torch": 1.0, "copy_fraction": 0.8}}
+    assert tiers_met(tiers, {"vs_torch": 1.1, "copy_fraction": 0.5}) == ["bronze"]
+    assert tiers_met(tiers, {"vs_torch": 1.1, "copy_fraction": 0.9}) == ["bronze", "silver"]
+    assert tiers_met(tiers, {"vs_torch": 0.9, "copy_fraction": 0.9}) == []
+    with pytest.raises(KeyError):
+        tiers_met(tiers, {"vs_torch": 1.0})
+
+
+def test_kata_number_selects_the_folder() -> None:
+    assert _rewrite_kata_args(["katas/03"]) == [str(Path("katas") / KATAS["03"][0])]
+    assert _rewrite_kata_args(["3", "-x"]) == [str(Path("katas") / KATAS["03"][0]), "-x"]
+    assert _rewrite_kata_args(["katas/03/test_x.py::t"]) == [
+        str(Path("katas") / KATAS["03"][0] / "test_x.py::t")]
+    assert _rewrite_kata_args(["tests"]) == ["tests"]
+
+
+def test_assert_close_message_names_the_worst_element() -> None:
+    expected = torch.zeros(3, 4)
+    actual = expected.clone()
+    actual[2, 1] = 0.5
+    with pytest.raises(AssertionError) as info:
+        assert_close(actual, expected, what="f(x)", inputs=dict(x=expected, seed=7))
+    text = str(info.value)
+    for part in ("f(x)", "1 of 12", "(2, 1)", "got 0.5", "seed=7", "x (3, 4) float32"):
+        assert part in text, f"{part!r} missing from:\n{text}"
+
+
+def test_assert_close_rejects_nan_wrong_shape_and_dtype() -> None:
+    expected = torch.ones(2)
+    with pytest.raises(AssertionError, match="NaN"):
+        assert_close(torch.tensor([1.0, float("nan")]), expected)
+    with pytest.raises(AssertionError, match="wrong shape"):
+        assert_close(torch.ones(3), expected)
+    with pytest.raises(AssertionError, match="wrong dtype"):
+        assert_close(torch.ones(2, dtype=torch.float64), expected)
+    assert_close(torch.tensor([1.0, float("-inf")]), torch.tensor([1.0, float("-inf")]))
+    assert_close(expected + 1e-6, expected)
+
+
+def test_mutant_apply_refuses_stale_text() -> None:
+    mutant = Mutant("demo", "a bug", find="a + b", replace="a - b")
+    assert mutant.apply("return a + b") == "return a - b"
+    with pytest.raises(ValueError, match="found 0"):
+        mutant.apply("return a * b")
