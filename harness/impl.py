@@ -6,7 +6,9 @@ their file, so two folders never mix in one run.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -26,13 +28,46 @@ def resolve_impl_dir(value: str | None = None) -> Path:
         return ROOT / value
     path = Path(value).expanduser().resolve()
     if not path.is_dir():
-        raise FileNotFoundError(f"--impl {value!r}: no such folder ({path})")
+        raise NotADirectoryError(f"--impl {value!r}: no such folder ({path})")
     return path
 
 
 def impl_dir() -> Path:
     """The folder under test in this run (set by the pytest plugin)."""
     return resolve_impl_dir(os.environ.get(ENV_VAR))
+
+
+class KataTodo(BaseException):
+    """A stub function was called. Raised in place of its NotImplementedError.
+
+    It derives from BaseException so that hypothesis stops at the first example instead
+    of shrinking a "failure" that every input reproduces (a hundred calls per test).
+    """
+
+
+def _todo_aware(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NotImplementedError as exc:
+            raise KataTodo(str(exc)) from exc
+
+    return wrapper
+
+
+def _wrap_learner_functions(module: ModuleType) -> None:
+    """Wrap the module's own functions and methods (not Triton kernels) with _todo_aware."""
+    for name, obj in list(vars(module).items()):
+        if inspect.isfunction(obj) and obj.__module__ == module.__name__:
+            setattr(module, name, _todo_aware(obj))
+        elif inspect.isclass(obj) and obj.__module__ == module.__name__:
+            for attr, member in list(vars(obj).items()):
+                if inspect.isfunction(member):
+                    setattr(obj, attr, _todo_aware(member))
+                elif isinstance(member, property) and member.fget is not None:
+                    setattr(obj, attr, property(_todo_aware(member.fget), member.fset, member.fdel,
+                                                member.__doc__))
 
 
 class BrokenModule:
@@ -73,5 +108,6 @@ def load_kata_module(name: str) -> ModuleType | BrokenModule:
             frame = traceback.extract_tb(exc.__traceback__)[-1]
             where = f"line {frame.lineno}" if frame.filename == str(path) else f"{frame.filename}:{frame.lineno}"
         return BrokenModule(name, path, f"{type(exc).__name__} at {where}: {exc}")
+    _wrap_learner_functions(module)
     module.__kata_impl__ = True
     return module

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,10 @@ def _rewrite_kata_args(args: list[str]) -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    impl = resolve_impl_dir(config.getoption("--impl"))
+    try:
+        impl = resolve_impl_dir(config.getoption("--impl"))
+    except NotADirectoryError as exc:
+        raise pytest.UsageError(str(exc)) from None
     os.environ[ENV_VAR] = str(impl)
     config._kata_impl = impl  # type: ignore[attr-defined]
     config.args[:] = _rewrite_kata_args(list(config.args))
@@ -143,13 +147,13 @@ def _task_of(item: pytest.Item) -> str | None:
     return m.group(1) if m else None
 
 
-def _todo_location(excinfo: pytest.ExceptionInfo[BaseException], impl: Path) -> tuple[str, str]:
+def _todo_location(exc: BaseException, impl: Path) -> tuple[str, str]:
     """(function name, file:line) of the deepest frame of the learner's module."""
     func, where = "?", "?"
-    for entry in excinfo.traceback:
-        path = Path(str(entry.path))
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename)
         if path.parent.resolve() == impl.resolve():
-            func, where = entry.name, f"{_short(path)}:{entry.lineno + 1}"
+            func, where = frame.name, f"{_short(path)}:{frame.lineno}"
     return func, where
 
 
@@ -160,17 +164,19 @@ def _short(path: Path) -> str:
         return str(path)
 
 
-def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException] | None) -> bool:
+def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException] | None) -> BaseException | None:
+    """The stub's NotImplementedError behind a failure, if that is what it is."""
     if excinfo is None:
-        return False
+        return None
     exc: BaseException | None = excinfo.value
-    while exc is not None:  # hypothesis may wrap or chain the original error
+    while exc is not None:  # KataTodo and hypothesis chain the original error
         if isinstance(exc, NotImplementedError):
-            return True
+            return exc
         if isinstance(exc, _EXCEPTION_GROUP):  # several failing examples at once
-            return all(isinstance(e, NotImplementedError) for e in exc.exceptions)
+            inner = [_not_implemented(pytest.ExceptionInfo.from_exception(e)) for e in exc.exceptions]
+            return inner[0] if inner and all(inner) else None
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -182,9 +188,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     task = _task_of(item)
     kind = report.outcome
     impl = item.config._kata_impl  # type: ignore[attr-defined]
-    if report.failed and _not_implemented(call.excinfo):
+    todo_exc = _not_implemented(call.excinfo) if report.failed else None
+    if todo_exc is not None:
         kind = "todo"
-        func, where = _todo_location(call.excinfo, impl)  # type: ignore[arg-type]
+        func, where = _todo_location(todo_exc, impl)
         readme = f"katas/{catalog.KATAS[number][0]}/README.md" if number else "the kata README"
         section = f", Task {task}" if task else ""
         report.longrepr = (f"TODO: {func}() is not implemented yet ({where}). "

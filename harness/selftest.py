@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pathlib import Path
 from harness.katas import KATAS, KATAS_DIR, ROOT, built_katas
 from harness.mutants import Mutant
 
-SCRATCH = ROOT / ".selftest"
+SCRATCH_ROOT = ROOT / ".selftest"
+SCRATCH = SCRATCH_ROOT  # this run's own folder, set in main() (runs may overlap)
 MIN_MUTANTS = {"04": 8, "05": 8}  # the default is 6
 RUN_TIMEOUT_S = 900
 
@@ -136,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args(argv)
     numbers = [n.zfill(2) for n in args.kata] if args.kata else built_katas()
-    shutil.rmtree(SCRATCH, ignore_errors=True)
-    SCRATCH.mkdir()
+    global SCRATCH
+    SCRATCH_ROOT.mkdir(exist_ok=True)
+    SCRATCH = Path(tempfile.mkdtemp(prefix=time.strftime("run-%H%M%S-"), dir=SCRATCH_ROOT))
 
     jobs = [check_harness] if not args.kata else []
     for number in numbers:
@@ -175,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{number:<6}{'pass' if ref and ref.passed else 'FAIL':<12}"
               f"{'clean' if stub and stub.passed else 'FAIL':<8}"
               f"{sum(c.passed for c in muts)}/{len(muts)}")
-    print(f"(took {time.monotonic() - start:.0f} s; logs of failures under .selftest/logs/)")
+    if failed:
+        print(f"(took {time.monotonic() - start:.0f} s; logs of the failures under "
+              f"{SCRATCH.relative_to(ROOT)}/logs/)")
+    else:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+        print(f"(took {time.monotonic() - start:.0f} s)")
     print(f"selftest: {len(results) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
