@@ -143,3 +143,11 @@ def test_mutant_apply_refuses_stale_text() -> None:
     assert mutant.apply("return a + b") == "return a - b"
     with pytest.raises(ValueError, match="found 0"):
         mutant.apply("return a * b")
+
+
+def test_assert_close_matches_infinity_only_exactly() -> None:
+    expected = torch.tensor([float("-inf"), 1.0])
+    with pytest.raises(AssertionError, match="1 of 2"):
+        assert_close(torch.tensor([0.0, 1.0]), expected)  # 0 is not close to -inf
+    with pytest.raises(AssertionError):
+        assert_close(torch.tensor([float("inf"), 1.0]), expected)

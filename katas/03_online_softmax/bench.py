@@ -1,0 +1,72 @@
+"""Kata 03 benchmark: softmax_triton vs torch.softmax on this GPU (the README's table).
+
+    python katas/03_online_softmax/bench.py                 # reference/online_softmax.py
+    python katas/03_online_softmax/bench.py --impl stubs    # your module (or --impl PATH)
+
+Same method as the perf tests (harness/perf.py): CUDA events, L2 flushed before each run,
+median time; bytes moved = x read once + output written once; the copy bandwidth is
+measured in this run. Rows: 8192 per case.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+
+ROWS = 8192
+COLS = [1024, 4096, 8192, 16384, 32768]
+
+
+def autotune_choice(module) -> str:
+    """The config any autotuned kernel of the module picked for its last launch, if any."""
+    picks = [f"{name}: {obj.best_config}" for name, obj in vars(module).items()
+             if getattr(obj, "best_config", None) is not None]
+    return "; ".join(picks) or "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", default="reference", help="stubs, reference (default) or a folder")
+    args = parser.parse_args()
+    os.environ["KATA_IMPL"] = args.impl
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench.py needs a CUDA GPU (none found).")
+        return 1
+    from harness import load_kata_module
+    from harness.perf import cuda_median_ms, measure_device_peaks
+
+    m = load_kata_module("online_softmax")
+    peaks = measure_device_peaks()
+    copy = peaks.copy_bytes_per_s
+    print(f"GPU: {peaks.name}")
+    print(f"copy bandwidth (measured now, read + write): {copy / 1e12:.2f} TB/s")
+    print(f"implementation: {args.impl}\n")
+    head = (f"| {'case':<16} | {'ms':>8} | {'TB/s':>6} | {'of copy':>7} | {'torch ms':>8} | "
+            f"{'torch TB/s':>10} | {'speedup':>7} | autotune choice")
+    print(head)
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:]))
+    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for n in COLS:
+            gen = torch.Generator(device="cuda").manual_seed(n)
+            x = (3 * torch.randn(ROWS, n, device="cuda", generator=gen)).to(dtype)
+            err = (m.softmax_triton(x).double() - torch.softmax(x.double(), -1)).abs().max().item()
+            ms = cuda_median_ms(lambda: m.softmax_triton(x))
+            torch_ms = cuda_median_ms(lambda: torch.softmax(x, dim=-1))
+            nbytes = 2 * x.numel() * x.element_size()
+            tbps, torch_tbps = nbytes / ms / 1e9, nbytes / torch_ms / 1e9
+            print(f"| {f'{dtype_name} {ROWS}x{n}':<16} | {ms:8.4f} | {tbps:6.2f} | "
+                  f"{tbps * 1e12 / copy:7.1%} | {torch_ms:8.4f} | {torch_tbps:10.2f} | "
+                  f"{torch_ms / ms:6.2f}x | {autotune_choice(m)}"
+                  + (f"  (max error {err:.2g}!)" if err > 1e-2 else ""))
+            del x
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Kata 05: FlashAttention forward in Triton (reference solution).
+
+One program computes one tile of BLOCK_M queries of one (batch, query head). It keeps the
+query tile, the running max m, the running sum l and the output accumulator acc on chip,
+and streams the key/value tiles of its kv head past them, merging each tile's scores with
+the online-softmax rule of kata 03:
+
+    m_new = max(m, rowmax(s))          alpha = exp(m - m_new)
+    l     = alpha * l + rowsum(exp(s - m_new))
+    acc   = alpha * acc + exp(s - m_new) @ v
+
+and at the end out = acc / l, lse = m + log(l). Scores are kept in base 2 (the scale is
+multiplied by log2(e) once) so that every exponential is an exp2.
+
+Shapes: B batch, Hq query heads, Hkv kv heads, Sq queries, Sk keys, D head dim.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+HEAD_DIMS = (16, 32, 64, 128)  # tl.dot and tl.arange want a power of two, at least 16
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if _INTERPRET:  # autotuning under the interpreter is slow and pointless: one small config
+    _CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+else:
+    _CONFIGS = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2),
+            (128, 32, 4, 4), (64, 64, 4, 3), (128, 64, 4, 4),
+        ]
+    ]
+
+
+@triton.jit
+def _visit_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+                 offs_m, offs_d, lo, hi, Sk, diag, qk_scale,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                 TO_F32: tl.constexpr):
+    """Fold the key tiles [lo, hi) into (acc, l, m). MASKED: the tiles on the diagonal or edge."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n  # (BLOCK_N,) key positions
+        k_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None]  # (D, BLOCK_N): K^T
+        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]  # (BLOCK_N, D)
+        if MASKED:
+            in_seq = cols < Sk
+            k = tl.load(k_ptrs, mask=in_seq[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=in_seq[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        if TO_F32:  # the interpreter computes garbage in fp16/bf16
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N) scores, base-2 units, fp32
+        if MASKED:
+            keep = in_seq[None, :]
+            if CAUSAL:  # bottom-right: query i sees key j iff j <= i + (Sk - Sq)
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # (BLOCK_M,)
+        # A row that has seen no key yet has m_new = -inf; subtract 0 instead (no -inf - -inf).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
+        p = tl.exp2(s - m_safe[:, None])  # (BLOCK_M, BLOCK_N)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)  # fp16/bf16 inputs, fp32 accumulation on GPU
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_CONFIGS, key=["Sq", "Sk", "HEAD_D", "CAUSAL"])
+@triton.jit
+def _flash_fwd_kernel(
+    Q, K, V, Out, Lse,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    Hq, group, Sq, Sk, qk_scale,
+    HEAD_D: tl.constexpr, CAUSAL: tl.constexpr, TO_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    # The heaviest causal tiles (the last queries see the most keys) are launched first.
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = (pid_bh // Hq).to(tl.int64)
+    h = pid_bh % Hq
+    kv_h = (h // group).to(tl.int64)  # GQA: consecutive query heads share one kv head
+    h = h.to(tl.int64)
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions
+    offs_d = tl.arange(0, HEAD_D)
+    row_ok = offs_m < Sq
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D), loaded once
+    if TO_F32:
+        q = q.to(tl.float32)
+    k_base = K + b * stride_kb + kv_h * stride_kh
+    v_base = V + b * stride_vb + kv_h * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+
+    diag = Sk - Sq  # query i sees keys j <= i + diag
+    if CAUSAL:
+        # Keys [0, full_hi) are visible to every row of this tile (whole tiles only); the
+        # last row sees keys up to start_m + BLOCK_M - 1 + diag: tiles past hi are skipped.
+        full_hi = tl.minimum(tl.maximum(start_m + diag + 1, 0), Sk) // BLOCK_N * BLOCK_N
+        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), Sk)
+    else:
+        full_hi = Sk // BLOCK_N * BLOCK_N
+        hi = Sk
+    acc, l_i, m_i = _visit_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+                                 offs_m, offs_d, 0, full_hi, Sk, diag, qk_scale,
+                                 False, CAUSAL, BLOCK_N, TO_F32)
+    acc, l_i, m_i = _visit_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+                                 offs_m, offs_d, full_hi, hi, Sk, diag, qk_scale,
+                                 True, CAUSAL, BLOCK_N, TO_F32)
+
+    # A query that saw no key has l = 0: it outputs zeros and lse = -inf.
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))  # back to natural log: ln(x) = log2(x) * ln(2)
+    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(Lse + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=row_ok)
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale [+ causal mask]) v, and the log-sum-exp of each query's scores.
+
+    q (B, Hq, Sq, D); k, v (B, Hkv, Sk, D), fp16 or bf16. Returns out (B, Hq, Sq, D) in q's
+    dtype and lse (B, Hq, Sq) float32 (natural log; -inf for a query that sees no key).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D (B, H, S, D), got {q.dim()}, {k.dim()}, {v.dim()} dims")
+    B, Hq, Sq, D = q.shape
+    _, Hkv, Sk, _ = k.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"Hq={Hq} is not a multiple of Hkv={Hkv}")
+    if q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must all be float16 or all bfloat16, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"head dim D={D} not supported; use one of {HEAD_DIMS}")
+
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = torch.empty((B, Hq, Sq, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, Hq, Sq), device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    qk_scale = (D**-0.5 if scale is None else scale) * LOG2E  # one multiply, then exp2
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    grid = lambda meta: (B * Hq, triton.cdiv(Sq, meta["BLOCK_M"]))  # noqa: E731
+    _flash_fwd_kernel[grid](
+        q, k, v, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        Hq, Hq // Hkv, Sq, Sk, qk_scale,
+        HEAD_D=D, CAUSAL=causal, TO_F32=interpret,
+    )
+    return out, lse

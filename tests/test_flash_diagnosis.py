@@ -1,0 +1,133 @@
+"""Kata 05's diagnosis (katas/05_flash_attention/diagnose_flash.py) on synthetic error patterns.
+
+These check the suite, not a learner's module, so they live here and not in the kata.
+
+Each case plants one pattern that a known bug leaves in (out, lse) or in the weights probe,
+and checks that `diagnose` names that bug.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "katas", "05_flash_attention"))
+from diagnose_flash import Shapes, diagnose, expected_attention, visible  # noqa: E402
+
+TOL = dict(atol=1e-2, rtol=1e-2)
+
+
+def _case(causal=False, s=Shapes(1, 4, 2, 20, 30, 16), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(s.B, s.Hq, s.Sq, s.D, generator=gen, dtype=torch.float64)
+    k = torch.randn(s.B, s.Hkv, s.Sk, s.D, generator=gen, dtype=torch.float64)
+    v = torch.randn(s.B, s.Hkv, s.Sk, s.D, generator=gen, dtype=torch.float64)
+    out, lse = expected_attention(q, k, v, causal=causal)
+    return s, out, lse
+
+
+def _weights(sq, sk, d, support):
+    w = support.double() / support.double().sum(-1, keepdim=True).clamp_min(1)
+    full = torch.zeros(1, 1, sq, d, dtype=torch.float64)
+    full[..., :sk] = w
+    return full
+
+
+def test_agreeing_results_get_no_hint():
+    s, out, lse = _case()
+    assert diagnose(out.clone(), out, shapes=s, causal=False, **TOL) == ""
+
+
+def test_nan_in_rows_that_see_no_key():
+    s, out, lse = _case(causal=True, s=Shapes(1, 2, 2, 30, 10, 16))
+    bad = out.clone()
+    bad[:, :, :20] = math.nan  # the first Sq - Sk = 20 queries see no key
+    assert "see no key" in diagnose(bad, out, shapes=s, causal=True, **TOL)
+    bad_lse = lse.clone()
+    bad_lse[:, :, :20] = 0.0
+    assert "see no key" in diagnose(bad_lse, lse, shapes=s, causal=True, kind="lse", **TOL)
+
+
+def test_heads_of_a_later_group():
+    s, out, lse = _case()
+    bad = out.clone()
+    bad[:, 1:3] += 0.5  # what h % Hkv gives with Hq=4, Hkv=2
+    assert "h // (Hq // Hkv)" in diagnose(bad, out, shapes=s, causal=False, **TOL)
+
+
+def test_lse_in_base_2():
+    s, out, lse = _case()
+    lse = lse + 3.0  # keep |lse| away from 0 so that the ratio is well defined
+    assert "base 2" in diagnose(lse / math.log(2), lse, shapes=s, causal=False, kind="lse", **TOL)
+
+
+def test_lse_without_the_max():
+    s, out, lse = _case()
+    text = diagnose(lse - 2.5, lse, shapes=s, causal=False, kind="lse", out_ok=True, **TOL)
+    assert "add the running max" in text
+
+
+def test_every_row_off_by_a_factor_is_the_running_sum():
+    s, out, lse = _case()
+    factor = 0.5 + torch.rand(s.B, s.Hq, s.Sq, 1, generator=torch.Generator().manual_seed(1),
+                              dtype=torch.float64) * 0.4
+    assert "running sum l" in diagnose(out * factor, out, shapes=s, causal=False, **TOL)
+
+
+def test_factor_of_padded_keys_is_edge_masking():
+    s, out, lse = _case()
+    bad = out / (1 + 6 / lse.exp())[..., None]  # six keys of score 0 and value 0 attended
+    text = diagnose(bad, out, shapes=s, causal=False, expected_lse=lse, **TOL)
+    assert "partial tile" in text and "6 extra keys" in text
+
+
+def test_zero_rows_are_skipped_tiles():
+    s, out, lse = _case()
+    assert "partial tile" in diagnose(torch.zeros_like(out), out, shapes=s, causal=False, **TOL)
+
+
+def test_spread_errors_point_at_the_scale_or_the_rescale():
+    s, out, lse = _case()
+    bad = out + 0.3 * torch.randn(out.shape, generator=torch.Generator().manual_seed(2),
+                                  dtype=torch.float64)
+    assert "rescale acc" in diagnose(bad, out, shapes=s, causal=False, lse_ok=True, **TOL)
+    assert "softmax scale" in diagnose(bad, out, shapes=s, causal=False, lse_ok=False, **TOL)
+
+
+def test_last_queries_only():
+    s, out, lse = _case(s=Shapes(1, 2, 2, 20, 30, 16))
+    bad = out.clone()
+    bad[:, :, 16:] += 1.0
+    assert "partial tile of queries" in diagnose(bad, out, shapes=s, causal=False, **TOL)
+
+
+class TestWeightsProbe:
+    sq, sk, d = 24, 40, 64
+    s = Shapes(1, 1, 1, 24, 40, 64)
+
+    def _diag(self, support, causal=True):
+        e = _weights(self.sq, self.sk, self.d, visible(self.sq, self.sk, causal))
+        a = _weights(self.sq, self.sk, self.d, support)
+        return diagnose(a, e, shapes=self.s, causal=causal, kind="weights", atol=1e-3, rtol=1e-2)
+
+    def test_top_left(self):
+        assert "aligned top-left" in self._diag(torch.ones(24, 40, dtype=torch.bool).tril(0))
+
+    def test_strict(self):
+        assert "with <=, not <" in self._diag(torch.ones(24, 40, dtype=torch.bool).tril(15))
+
+    def test_weight_past_the_diagonal(self):
+        support = visible(24, 40, True).clone()
+        support[3, 30] = True
+        assert "past the bottom-right diagonal" in self._diag(support)
+
+    def test_causal_loop_stops_early(self):
+        support = visible(24, 40, True) & (torch.arange(40) < 16)
+        assert "stops too early" in self._diag(support)
+
+    def test_last_partial_key_tile_skipped(self):
+        support = torch.ones(24, 40, dtype=torch.bool)
+        support[:, 32:] = False
+        assert "partial tile" in self._diag(support, causal=False)
