@@ -107,12 +107,21 @@ def test_tiers_met_needs_every_condition() -> None:
         tiers_met(tiers, {"vs_torch": 1.0})
 
 
+@pytest.mark.parametrize("number", BUILT)
+def test_kata_number_placeholder_exists(number: str) -> None:
+    """`pytest katas/NN --impl /elsewhere` roots the run here only if katas/NN exists."""
+    assert (KATAS_DIR / number).is_file(), f"add the placeholder file katas/{number}"
+
+
 def test_kata_number_selects_the_folder() -> None:
     assert _rewrite_kata_args(["katas/03"]) == [str(Path("katas") / KATAS["03"][0])]
     assert _rewrite_kata_args(["3", "-x"]) == [str(Path("katas") / KATAS["03"][0]), "-x"]
     assert _rewrite_kata_args(["katas/03/test_x.py::t"]) == [
         str(Path("katas") / KATAS["03"][0] / "test_x.py::t")]
     assert _rewrite_kata_args(["tests"]) == ["tests"]
+    absolute = str(KATAS_DIR / "3")
+    assert _rewrite_kata_args([absolute]) == [str(KATAS_DIR / KATAS["03"][0])]
+    assert _rewrite_kata_args([str(KATAS_DIR / KATAS["03"][0])]) == [str(KATAS_DIR / KATAS["03"][0])]
 
 
 def test_assert_close_message_names_the_worst_element() -> None:
