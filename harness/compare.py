@@ -74,6 +74,7 @@ def assert_close(
     NaN matches only NaN, +-inf only the same infinity. Default tolerances come from
     `tolerance(expected.dtype)`.
     """
+    __tracebackhide__ = True  # a failure shows the test's line, not this helper's insides
     inputs_text = describe(**inputs) if isinstance(inputs, dict) else inputs
     head = f"{what}: " if what else ""
     where = f"\n  inputs: {inputs_text}" if inputs_text else ""

@@ -48,6 +48,7 @@ class KataTodo(BaseException):
 def _todo_aware(fn: Any) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # tracebacks go from the test straight into the learner's code
         try:
             return fn(*args, **kwargs)
         except NotImplementedError as exc:
