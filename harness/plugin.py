@@ -287,7 +287,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if skipped[number]:
             line += f" ({skipped[number]} skipped: GPU only)"
         tr.write_line(line, green=passed == total, yellow=0 < passed < total, red=passed == 0)
-        if failed:
+        if failed and all(r["outcome"] == "import_error" for r in failed):
+            tr.write_line("  the module could not be imported: fix the IMPORT ERROR above first")
+        elif failed:
             first = failed[0]
             task = f"Task {first['task']}, " if first["task"] else ""
             tr.write_line(f"  first real failure: {task}{first['nodeid']}")
