@@ -29,7 +29,7 @@ _TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 
 INTERPRETER_BF16_HINT = (
     "Triton is running under its CPU interpreter (TRITON_INTERPRET=1). The interpreter loads "
-    "and stores bf16/fp16 correctly but computes garbage with them (NaN, 1e10): cast to "
+    "bf16/fp16 correctly but computes garbage with them (NaN, 1e10): cast to "
     "float32 right after every tl.load, e.g. `x = tl.load(ptr + offs, mask=m).to(tl.float32)`, "
     "and cast back only in tl.store."
 )
