@@ -93,4 +93,34 @@ MUTANTS: list[Mutant] = [
         find="safe = tl.where(m_new == -float(\"inf\"), 0.0, m_new)",
         replace="safe = m_new",
     ),
+    Mutant(
+        "update_keeps_chunk_dtype",
+        "update does not cast the chunk to the state's dtype: a float64 chunk turns a float32 state into float64",
+        find="    chunk = chunk.to(state.max.dtype)\n",
+        replace="",
+    ),
+    Mutant(
+        "softmax_half_in_fp16",
+        "softmax computes fp16/bf16 inputs in fp16: a finite bf16 value of 1e30 becomes inf, and inf - inf is NaN",
+        find="    xf = x.to(_compute_dtype(x.dtype))\n",
+        replace="    xf = x.to(torch.float16 if x.dtype in (torch.float16, torch.bfloat16) else _compute_dtype(x.dtype))\n",
+    ),
+    Mutant(
+        "online_half_in_fp16",
+        "online_softmax streams fp16/bf16 inputs in fp16: a finite bf16 value of 1e30 becomes inf",
+        find="    xf = x.to(_compute_dtype(x.dtype))  # (*batch, n)",
+        replace="    xf = x.to(torch.float16 if x.dtype in (torch.float16, torch.bfloat16) else _compute_dtype(x.dtype))",
+    ),
+    Mutant(
+        "softmax_half_all_neg_inf_nan",
+        "softmax guards an all -inf slice only for float32/float64 inputs: fp16/bf16 give NaN",
+        find="    m = _finite_or_zero(xf.amax(dim=dim, keepdim=True))",
+        replace="    m = xf.amax(dim=dim, keepdim=True) if x.dtype != xf.dtype else _finite_or_zero(xf.amax(dim=dim, keepdim=True))",
+    ),
+    Mutant(
+        "online_half_all_neg_inf_nan",
+        "online_softmax guards an all -inf row only for float32/float64 inputs: fp16/bf16 give NaN",
+        find="    m = _finite_or_zero(state.max)[..., None]",
+        replace="    m = (_finite_or_zero(state.max) if x.dtype == xf.dtype else state.max)[..., None]",
+    ),
 ]

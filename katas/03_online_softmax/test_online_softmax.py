@@ -178,16 +178,36 @@ class TestTask1Softmax:
                      hint="exp(1e30) overflows to inf and inf/inf is NaN: subtract the row max first "
                      "(then every exponent is <= 0); and an all -inf row must give zeros")
 
-    def test_all_neg_inf_slice_gives_zeros(self, device):
-        x = torch.tensor([[-INF, -INF, -INF], [0.0, -INF, 1.0], [-INF, -INF, -INF]])
+    @pytest.mark.parametrize("dtype", FLOATS + HALVES)
+    def test_all_neg_inf_slice_gives_zeros(self, device, dtype):
+        x = torch.tensor([[-INF, -INF, -INF], [0.0, -INF, 1.0], [-INF, -INF, -INF]], dtype=dtype)
+        tol = dict(zip(("atol", "rtol"), HALF_TOL[dtype])) if dtype in HALF_TOL else {}
         out = m.softmax(on(device, x)).cpu()
-        assert_close(out, expected_softmax(x).float(), what="softmax(x) with all -inf rows 0 and 2",
-                     inputs=dict(x=x),
+        assert_close(out, expected_softmax(x).to(dtype), what=f"softmax(x) in {dtype} with all -inf rows 0 and 2",
+                     inputs=dict(x=x), **tol,
                      hint="for an all -inf row the max is -inf and x - max = -inf - -inf = NaN: "
-                     "use 0 instead of a -inf max, and divide by 1 instead of a zero sum")
-        y = torch.full((2, 4), -INF)
-        assert_close(m.softmax(on(device, y), dim=0).cpu(), torch.zeros(2, 4),
-                     what="softmax(all -inf (2, 4), dim=0)", inputs=dict(x=y))
+                     "use 0 instead of a -inf max, and divide by 1 instead of a zero sum (in every dtype)")
+        y = torch.full((2, 4), -INF, dtype=dtype)
+        assert_close(m.softmax(on(device, y), dim=0).cpu(), torch.zeros(2, 4, dtype=dtype),
+                     what=f"softmax(all -inf (2, 4) {dtype}, dim=0)", inputs=dict(x=y))
+
+    @pytest.mark.parametrize("dtype", HALVES)
+    @pytest.mark.parametrize("kind", ["wide", "near_plus_1e30", "near_minus_1e30", "mixed", "masked"])
+    @given(seed=seeds, shape=shapes())
+    @settings(max_examples=10)
+    def test_half_precision_extreme_magnitudes(self, device, dtype, kind, seed, shape):
+        """Finite half inputs of any magnitude: bf16 holds values up to 3e38 (1e30 here),
+        fp16 up to 65504 (these kinds are clamped to +-6e4 for fp16)."""
+        x = make_values(seed, shape, kind, dtype=torch.float64)
+        if dtype == torch.float16:
+            x = torch.where(x.isinf(), x, x.clamp(-6e4, 6e4))
+        x = x.to(dtype)
+        atol, rtol = HALF_TOL[dtype]
+        assert_close(m.softmax(on(device, x)).cpu(), expected_softmax(x).to(dtype),
+                     what=f"softmax(x) in {dtype} with {kind} values", inputs=dict(x=x, kind=kind, seed=seed),
+                     atol=atol, rtol=rtol,
+                     hint="compute in float32 (x.float()), not in another half type: a bf16 value of 1e30 is "
+                     "inf in fp16; subtract the max; an all -inf row gives zeros")
 
     @pytest.mark.parametrize("dtype", HALVES)
     @given(seed=seeds, shape=shapes())
@@ -204,11 +224,12 @@ class TestTask1Softmax:
 class TestTask2InitState:
     """init_state(shape, dtype, device): the empty state (max = -inf, sum = 0)."""
 
-    @pytest.mark.parametrize("shape", [(), 5, (5,), (2, 3), torch.Size([4, 1, 2])])
+    # Shapes are tuples or torch.Size (the contract does not promise a bare int).
+    @pytest.mark.parametrize("shape", [(), (5,), (2, 3), torch.Size([4, 1, 2])])
     @pytest.mark.parametrize("dtype", FLOATS)
     def test_empty_state(self, device, shape, dtype):
         state = m.init_state(shape, dtype=dtype, device=device)
-        want = (shape,) if isinstance(shape, int) else tuple(shape)
+        want = tuple(shape)
         assert isinstance(state, m.SoftmaxState), f"init_state returned {type(state).__name__}, not a SoftmaxState"
         for field in ("max", "sum"):
             t = getattr(state, field)
@@ -289,7 +310,7 @@ class TestTask2Update:
                     what="update(state, all -inf chunk)", inputs=dict(chunk="-inf (2, 4)"),
                     hint="-inf entries add exp(-inf) = 0 and cannot raise the max")
 
-    @pytest.mark.parametrize("chunk_dtype", [torch.float16, torch.bfloat16, torch.float32])
+    @pytest.mark.parametrize("chunk_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
     def test_state_keeps_its_dtype(self, device, chunk_dtype):
         x = make_values(3, (2, 9), "randn", dtype=chunk_dtype)
         state = m.update(m.init_state((2,), dtype=torch.float32, device=device), on(device, x))
@@ -442,11 +463,13 @@ class TestTask4OnlineSoftmax:
                      what="online_softmax(x (3, 5), block_size=64)", inputs=dict(x=x, seed=7),
                      hint="one block shorter than block_size: the loop must still run once")
 
-    def test_all_neg_inf_rows_give_zeros(self, device):
-        x = torch.tensor([[-INF, -INF, -INF, -INF, -INF], [1.0, -INF, 0.5, -INF, 2.0]])
+    @pytest.mark.parametrize("dtype", FLOATS + HALVES)
+    def test_all_neg_inf_rows_give_zeros(self, device, dtype):
+        x = torch.tensor([[-INF, -INF, -INF, -INF, -INF], [1.0, -INF, 0.5, -INF, 2.0]], dtype=dtype)
+        tol = dict(zip(("atol", "rtol"), HALF_TOL[dtype])) if dtype in HALF_TOL else {}
         for block in (1, 2, 5):
-            assert_close(m.online_softmax(on(device, x), block).cpu(), expected_softmax(x).float(),
-                         what=f"online_softmax(x, block_size={block}), row 0 all -inf", inputs=dict(x=x),
+            assert_close(m.online_softmax(on(device, x), block).cpu(), expected_softmax(x).to(dtype), **tol,
+                         what=f"online_softmax(x, block_size={block}) in {dtype}, row 0 all -inf", inputs=dict(x=x),
                          hint="the final state of an all -inf row is (-inf, 0): exp(x - m) / s is "
                          "NaN unless you use 0 for a -inf max and 1 for a zero sum")
 
@@ -460,6 +483,24 @@ class TestTask4OnlineSoftmax:
         assert_close(m.online_softmax(on(device, x), block).cpu(), expected_softmax(x).to(dtype),
                      what=f"online_softmax(x, {block}) in {dtype}", inputs=dict(x=x, seed=seed),
                      atol=atol, rtol=rtol, hint="keep the state in float32; cast the result back to x's dtype")
+
+    @pytest.mark.parametrize("dtype", HALVES)
+    @pytest.mark.parametrize("kind", ["wide", "near_plus_1e30", "mixed", "masked"])
+    @given(seed=seeds, shape=shapes(), data=st.data())
+    @settings(max_examples=10)
+    def test_half_precision_extreme_magnitudes(self, device, dtype, kind, seed, shape, data):
+        """As for softmax: finite half inputs of any magnitude (bf16 up to 1e30 here, fp16 clamped to +-6e4)."""
+        block = data.draw(block_sizes(shape[-1]), label="block_size")
+        x = make_values(seed, shape, kind, dtype=torch.float64)
+        if dtype == torch.float16:
+            x = torch.where(x.isinf(), x, x.clamp(-6e4, 6e4))
+        x = x.to(dtype)
+        atol, rtol = HALF_TOL[dtype]
+        assert_close(m.online_softmax(on(device, x), block).cpu(), expected_softmax(x).to(dtype),
+                     what=f"online_softmax(x, {block}) in {dtype} with {kind} values",
+                     inputs=dict(x=x, kind=kind, block_size=block, seed=seed), atol=atol, rtol=rtol,
+                     hint="stream in float32 (x.float()), not in another half type: a bf16 value of 1e30 is "
+                     "inf in fp16; an all -inf row gives zeros")
 
 
 # =============================================================================== Task 5

@@ -60,4 +60,19 @@ MUTANTS: list[Mutant] = [
     Mutant("decode_no_full_check",
            "does not reject a full cache (cache_len >= S_max)",
            "if bool(((pos < 0) | (pos >= S_max)).any()):", "if bool((pos < 0).any()):"),
+    Mutant("softmax_without_max",
+           "writes the softmax as exp(s) / sum(exp(s)) without subtracting the row max: large "
+           "scores overflow to inf and inf / inf = NaN",
+           "    probs = torch.softmax(scores, dim=-1)",
+           "    e = torch.exp(scores)\n    probs = e / e.sum(dim=-1, keepdim=True)"),
+    Mutant("masked_fill_finite",
+           "fills masked scores with -1e4 instead of -inf: a masked key still wins when every "
+           "visible score is below -1e4",
+           'scores = scores.masked_fill(~allowed, float("-inf"))',
+           "scores = scores.masked_fill(~allowed, -1e4)"),
+    Mutant("view_needs_contiguous",
+           "flattens K with .view(), which fails on the strided (B, S, H, D)-transposed tensors "
+           "a model passes in",
+           "    k = k[:, kv_head].to(acc)  # (B, Hq, Sk, D)",
+           "    k = k.view(B * Hkv, Sk, D).view(B, Hkv, Sk, D)[:, kv_head].to(acc)"),
 ]

@@ -185,6 +185,38 @@ class TestTask1Attention:
                      inputs=dict(q=q, k=k, v=v, seed=5),
                      hint="the default scale is D ** -0.5 = 0.25 here (not 1, not 1/D)")
 
+    @pytest.mark.parametrize("dtype", FLOATS)
+    def test_large_scores_stay_finite(self, device, dtype):
+        """Scores in the thousands (exp overflows even float64 past 709). Integer q and k with
+        D=4 (default scale 0.5) make every score exact, so float32 is compared at its usual
+        tolerance."""
+        gen = torch.Generator().manual_seed(6)
+        q = torch.randint(-100, 101, (2, 2, 5, 4), generator=gen).to(dtype)
+        k = torch.randint(-100, 101, (2, 2, 7, 4), generator=gen).to(dtype)
+        v = randn((2, 2, 7, 4), gen, dtype)
+        out = call(device, q, k, v)
+        assert not torch.isnan(out).any(), (
+            "attention with scores up to ~1e4 gave NaN: exp(score) overflows "
+            "to inf and inf / inf = NaN. Subtract each row's max score before exp (torch.softmax does)")
+        assert_close(out, expected_attention(q, k, v).to(dtype),
+                     what="attention with scores in the thousands",
+                     inputs=dict(q=q, k=k, v=v, seed=6),
+                     hint="softmax(s) = exp(s - max s) / sum exp(s - max s): the max of the VISIBLE scores")
+
+    def test_non_contiguous_inputs(self, device):
+        """q, k, v as a model makes them: (B, S, H, D) projections viewed as (B, H, S, D)."""
+        gen = torch.Generator().manual_seed(7)
+        q = randn((2, 5, 3, 8), gen).to(device).transpose(1, 2)  # (B, H, Sq, D), strided
+        kv = randn((2, 9, 6, 8), gen).to(device).transpose(1, 2)  # K and V heads in one tensor
+        k, v = kv[:, :3], kv[:, 3:]
+        out = m.attention(q, k, v)
+        assert isinstance(out, torch.Tensor), f"attention returned {type(out).__name__}"
+        assert_close(out.cpu(), expected_attention(q, k, v),
+                     what="attention on transposed (non-contiguous) q, k, v",
+                     inputs=dict(q=q.cpu(), k=k.cpu(), v=v.cpu(), seed=7),
+                     hint="q.transpose(1, 2) is a view with other strides: use reshape (not view), "
+                          "matmul/einsum, or .contiguous() first")
+
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     @given(seed=seeds, B=st.integers(1, 2), h=heads(gqa=False), Sq=lengths, Sk=lengths, D=head_dims)
     @settings(max_examples=15)
@@ -301,6 +333,24 @@ class TestTask2Masks:
                      hint="masked keys must get weight exactly 0: fill their scores with -inf "
                           "before the softmax (True = attend, False = masked)")
 
+    @pytest.mark.parametrize("dtype", FLOATS)
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_masked_keys_invisible_at_any_score(self, device, dtype, causal):
+        """Visible keys score about -1e5, masked keys +1e5 (exact values, D=1, scale=1): a
+        masked key gets weight 0 whatever its score, so filling masked scores with a finite
+        number such as -1e4 is not masking."""
+        q = torch.tensor([-1.0, -2.0], dtype=dtype).reshape(1, 1, 2, 1)
+        # keys 0, 2, 3 visible; key 1 padded out; key 4 hidden from query 0 by the causal mask
+        k = torch.tensor([1e5, -1e5, 1e5 + 1, 1e5 + 3, -1e5], dtype=dtype).reshape(1, 1, 5, 1)
+        v = torch.tensor([1.0, -50.0, 2.0, 3.0, -70.0], dtype=dtype).reshape(1, 1, 5, 1)
+        mask = torch.tensor([[True, False, True, True, causal]])
+        out = call(device, q, k, v, causal=causal, scale=1.0, key_padding_mask=mask)
+        assert_close(out, expected_attention(q, k, v, causal=causal, scale=1.0, key_padding_mask=mask).to(dtype),
+                     what=f"attention(causal={causal}) with visible scores ~-1e5 and masked scores +1e5",
+                     inputs=dict(q=q, k=k, v=v, key_padding_mask=mask),
+                     hint="set masked scores to -inf (not -1e4, not a large finite negative number) and take "
+                          "the softmax's max over the visible scores only")
+
 
 # =============================================================================== Task 3
 class TestTask3GroupedQuery:
@@ -332,6 +382,21 @@ class TestTask3GroupedQuery:
             assert_close(out[:, h:h + 1], expected, what=f"query head {h} of 4 (Hkv=2)",
                          inputs=dict(q=q, k=k, v=v, seed=22),
                          hint=f"query head h reads kv head h // (Hq // Hkv) = {h // 2}, not h % Hkv")
+
+    def test_non_contiguous_inputs(self, device):
+        """GQA, causal and padding on strided views: (B, S, H, D) projections transposed."""
+        gen = torch.Generator().manual_seed(23)
+        q = randn((2, 5, 6, 8), gen).to(device).transpose(1, 2)  # (B, Hq=6, Sq, D), strided
+        kv = randn((2, 9, 4, 8), gen).to(device).transpose(1, 2)  # K and V heads in one tensor
+        k, v = kv[:, :2], kv[:, 2:]  # Hkv = 2
+        mask = (torch.rand(9, 2, generator=gen) < 0.7).to(device).t()  # (B, Sk), strided
+        out = m.attention(q, k, v, causal=True, key_padding_mask=mask)
+        assert isinstance(out, torch.Tensor), f"attention returned {type(out).__name__}"
+        assert_close(out.cpu(), expected_attention(q, k, v, causal=True, key_padding_mask=mask),
+                     what="GQA attention (Hq=6, Hkv=2, causal, padded) on transposed q, k, v and mask",
+                     inputs=dict(q=q.cpu(), k=k.cpu(), v=v.cpu(), key_padding_mask=mask.cpu(), seed=23),
+                     hint="strided views: expand K/V heads with indexing or repeat_interleave, and "
+                          "reshape (not view)")
 
     @pytest.mark.parametrize("dtype", FLOATS)
     @given(data=st.data(), seed=seeds, B=st.integers(1, 2), h=heads(gqa=True), Sq=lengths,
