@@ -30,6 +30,8 @@ H100_BF16_FLOPS = 790e12
 WEIGHT_DTYPES = [0.25, 0.5, 0.5625, 1, 1.5, 2, 4]
 # For the KV cache, sizes whose per-token bytes are whole (K and V give a factor 2).
 KV_DTYPES = [0.5, 1, 2, 4]
+# Sizes whose per-token bytes can be fractional (2-, 3- and 4.5-bit), still exact in binary.
+FRACTIONAL_KV_DTYPES = [0.25, 0.375, 0.5625]
 
 
 # -- An independent LLaMA-style model on the meta device ----------------------------------
@@ -136,17 +138,24 @@ BAD_SHAPES = [
     pytest.param(dict(LLAMA3_8B, num_kv_heads=5), id="heads-not-multiple-of-kv-heads"),
     pytest.param(dict(LLAMA3_8B, num_heads=4, num_kv_heads=8), id="more-kv-heads-than-heads"),
     pytest.param(dict(LLAMA3_8B, num_kv_heads=0), id="num_kv_heads=0"),
+    pytest.param(dict(LLAMA3_8B, num_kv_heads=-8), id="num_kv_heads<0"),
     pytest.param(dict(LLAMA3_8B, num_heads=0), id="num_heads=0"),
     pytest.param(dict(LLAMA3_8B, num_heads=-8), id="num_heads<0"),
     pytest.param(dict(LLAMA3_8B, vocab_size=0), id="vocab_size=0"),
+    pytest.param(dict(LLAMA3_8B, vocab_size=-1), id="vocab_size<0"),
     pytest.param(dict(LLAMA3_8B, hidden_size=0), id="hidden_size=0"),
     pytest.param(dict(LLAMA3_8B, hidden_size=-4096), id="hidden_size<0"),
     pytest.param(dict(LLAMA3_8B, intermediate_size=0), id="intermediate_size=0"),
+    pytest.param(dict(LLAMA3_8B, intermediate_size=-14336), id="intermediate_size<0"),
     pytest.param(dict(LLAMA3_8B, num_layers=0), id="num_layers=0"),
     pytest.param(dict(LLAMA3_8B, num_layers=-1), id="num_layers<0"),
     pytest.param(dict(LLAMA3_8B, head_dim=0), id="head_dim=0"),
     pytest.param(dict(LLAMA3_8B, head_dim=-128), id="head_dim<0"),
 ]
+# The sizes a KV cache depends on: kv_cache_bytes must reject these shapes too.
+KV_BAD_SHAPES = [p for p in BAD_SHAPES if p.id in (
+    "heads-not-multiple-of-kv-heads", "more-kv-heads-than-heads", "num_kv_heads=0",
+    "num_kv_heads<0", "num_heads=0", "num_layers=0", "num_layers<0", "head_dim=0", "head_dim<0")]
 
 
 def _expect_value_error(fn, s: dict, *args) -> None:
@@ -262,7 +271,7 @@ class TestTask2KVCache:
         assert isinstance(got, int) and not isinstance(got, bool), \
             f"kv_cache_bytes must return a Python int, got {type(got).__name__} {got!r}"
 
-    @pytest.mark.parametrize("bad", BAD_SHAPES[:3])
+    @pytest.mark.parametrize("bad", KV_BAD_SHAPES)
     def test_impossible_shape_raises(self, bad):
         _expect_value_error(mm.kv_cache_bytes, bad, 1, 16)
 
@@ -293,11 +302,31 @@ class TestTask2KVCache:
         elements = meta_kv_elements(s, batch, seq_len)
         expected = ceil_bytes(elements, dtype_bytes)
         got = mm.kv_cache_bytes(shape(s), batch, seq_len, dtype_bytes)
+        assert isinstance(got, int) and not isinstance(got, bool), (
+            f"kv_cache_bytes(dtype_bytes={dtype_bytes}) must return a Python int (bytes), got "
+            f"{type(got).__name__} {got!r}: round up with math.ceil")
         assert got == expected, (
             f"kv_cache_bytes(batch={batch}, seq_len={seq_len}, dtype_bytes={dtype_bytes}) = "
             f"{got:,}; the model's K and V tensors hold {elements:,} values = {expected:,} "
             f"bytes (ratio {got / expected:.4g}); shape {s}. Per token and layer: K and V, "
             f"each num_kv_heads x head_dim")
+
+    @given(s=shapes(), batch=st.integers(1, 16), seq_len=st.integers(1, 2048),
+           dtype_bytes=st.sampled_from(FRACTIONAL_KV_DTYPES))
+    @example(s=dict(vocab_size=3, hidden_size=3, intermediate_size=3, num_layers=1,
+                    num_heads=1, num_kv_heads=1, head_dim=None, tie_embeddings=True),
+             batch=1, seq_len=3, dtype_bytes=0.25)  # 1.5 bytes a token: 3 tokens take 5 bytes
+    def test_fractional_bytes_per_token_round_once(self, s, batch, seq_len, dtype_bytes):
+        elements = meta_kv_elements(s, batch, seq_len)
+        expected = ceil_bytes(elements, dtype_bytes)
+        got = mm.kv_cache_bytes(shape(s), batch, seq_len, dtype_bytes)
+        assert isinstance(got, int) and not isinstance(got, bool), \
+            f"kv_cache_bytes must return a Python int, got {type(got).__name__} {got!r}"
+        assert got == expected, (
+            f"kv_cache_bytes(batch={batch}, seq_len={seq_len}, dtype_bytes={dtype_bytes}) = "
+            f"{got:,}, expected ceil({elements:,} values x {dtype_bytes}) = {expected:,}: a token "
+            f"may take a fractional number of bytes; round up the total once, not each token's "
+            f"bytes; shape {s}")
 
     @given(s=shapes(), batch=st.integers(1, 16), seq_len=st.integers(1, 2048))
     def test_default_dtype_is_2_bytes_and_linear(self, s, batch, seq_len):
@@ -342,11 +371,44 @@ class TestTask2MaxTokens:
         per_token = ceil_bytes(meta_kv_elements(s, 1, 1), kdt)
         memory = weights + tokens * per_token + int(slack * per_token)  # slack < one token
         got = mm.max_kv_tokens(shape(s), memory, wdt, kdt)
+        assert isinstance(got, int) and not isinstance(got, bool), (
+            f"max_kv_tokens(weight_dtype_bytes={wdt}, kv_dtype_bytes={kdt}) must return a Python "
+            f"int, got {type(got).__name__} {got!r}")
         assert got == tokens, (
             f"max_kv_tokens(memory_bytes={memory:,}, weight_dtype_bytes={wdt}, "
             f"kv_dtype_bytes={kdt}) = {got:,}, expected {tokens:,}: weights take {weights:,} "
             f"bytes, a token {per_token:,}; {tokens} tokens fit and {tokens + 1} do not "
             f"(n fits when weights + n tokens <= memory, equality included); shape {s}")
+
+    @given(s=shapes(), wdt=st.sampled_from(WEIGHT_DTYPES),
+           kdt=st.sampled_from(FRACTIONAL_KV_DTYPES), tokens=st.integers(0, 20_000),
+           extra=st.integers(0, 3))
+    @example(s=dict(vocab_size=3, hidden_size=3, intermediate_size=3, num_layers=1,
+                    num_heads=1, num_kv_heads=1, head_dim=None, tie_embeddings=True),
+             wdt=0.5, kdt=0.25, tokens=0, extra=1)  # 40.5 -> 41 weight bytes, 1.5 B a token
+    @example(s=dict(vocab_size=3, hidden_size=3, intermediate_size=3, num_layers=1,
+                    num_heads=1, num_kv_heads=1, head_dim=None, tie_embeddings=True),
+             wdt=2, kdt=0.25, tokens=2, extra=0)  # 2 tokens take 3 bytes: 1.5 B each
+    def test_fractional_bytes_per_token(self, s, wdt, kdt, tokens, extra):
+        weights = ceil_bytes(meta_params(s), wdt)
+        per_token = meta_kv_elements(s, 1, 1)  # values a token caches
+        memory = weights + ceil_bytes(per_token * tokens, kdt) + extra
+
+        def fits(n: int) -> bool:
+            return weights + ceil_bytes(per_token * n, kdt) <= memory
+
+        largest = tokens  # fits by construction; the extra bytes may hold a few more
+        while fits(largest + 1):
+            largest += 1
+        got = mm.max_kv_tokens(shape(s), memory, wdt, kdt)
+        assert isinstance(got, int) and not isinstance(got, bool), \
+            f"max_kv_tokens must return a Python int, got {type(got).__name__} {got!r}"
+        assert got == largest, (
+            f"max_kv_tokens(memory_bytes={memory:,}, weight_dtype_bytes={wdt}, kv_dtype_bytes="
+            f"{kdt}) = {got:,}: weights take {weights:,} bytes (rounded up) and n tokens take "
+            f"ceil(n x {per_token} x {kdt}) bytes ({per_token * kdt} a token, fractional), so "
+            f"the largest n that fits is {largest:,}. Do not round a token's bytes up on its own, "
+            f"nor forget to round the weights up; divide exactly (fractions.Fraction); shape {s}")
 
     @given(s=shapes(), kdt=st.sampled_from(KV_DTYPES), tokens=st.integers(1, 5000))
     def test_exact_fit_and_one_byte_short(self, s, kdt, tokens):
@@ -461,6 +523,8 @@ class TestTask3DecodeTime:
         kv = ceil_bytes(meta_kv_elements(s, 1, 1) * batch * context_len, dtype_bytes)
         expected = (weights + kv) / bw
         got = mm.decode_step_seconds(shape(s), batch, context_len, bw, dtype_bytes)
+        assert isinstance(got, float), \
+            f"decode_step_seconds must return a float, got {type(got).__name__} {got!r}"
         assert math.isclose(got, expected, rel_tol=1e-9), (
             f"decode_step_seconds(batch={batch}, context_len={context_len}, bytes_per_s="
             f"{bw:.4g}, dtype_bytes={dtype_bytes}) = {got:.6g} s, expected (weights {weights:,} "

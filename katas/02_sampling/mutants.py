@@ -156,4 +156,72 @@ MUTANTS: list[Mutant] = [
                 "                out[b, tok] = x / pen[b, 0] if x > 0 else x * pen[b, 0]\n"
                 "    return out",
     ),
+    # -- found by red-teaming: exactness, dtypes, strides, batch of one -----------------
+    Mutant(
+        "greedy_clamps_temperature",
+        "temperature 0 handled as softmax(logits / 1e-10): near-tied runners-up get mass",
+        find="    z = logits / torch.where(greedy, torch.ones_like(t), t)  # (B, V)\n"
+             "    is_max = logits == logits.amax(dim=-1, keepdim=True)\n"
+             "    z = torch.where(greedy, torch.where(is_max, 0.0, float(\"-inf\")), z)",
+        replace="    z = logits / t.clamp(min=1e-10)",
+    ),
+    Mutant(
+        "greedy_below_epsilon",
+        "a small positive temperature (below 1e-5) is treated as greedy",
+        find="    greedy = t == 0  # (B, 1)",
+        replace="    greedy = t < 1e-5  # (B, 1)",
+    ),
+    Mutant(
+        "temperature_on_probabilities",
+        "temperature applied as softmax(logits) ** (1 / t), renormalised: far tokens underflow to 0",
+        find="    return torch.softmax(z, dim=-1)  # subtracts the row max: no overflow",
+        replace="    safe = torch.where(greedy, torch.ones_like(t), t)\n"
+                "    probs = torch.softmax(torch.where(greedy, z, logits), dim=-1) ** (1 / safe)\n"
+                "    return probs / probs.sum(dim=-1, keepdim=True)",
+    ),
+    Mutant(
+        "temperature_divides_in_half_precision",
+        "fp16/bf16 logits are divided by the temperature in their own dtype, then cast to float32",
+        find="    logits = logits.float()  # (B, V); a new tensor unless it already was float32: never written\n"
+             "    B = logits.shape[0]\n"
+             "    t = _per_row(temperature, \"temperature\", B, logits)",
+        replace="    half = logits\n"
+                "    logits = logits.float()\n"
+                "    B = logits.shape[0]\n"
+                "    t = _per_row(temperature, \"temperature\", B, logits)\n"
+                "    safe = torch.where(t == 0, torch.ones_like(t), t)\n"
+                "    logits = torch.where(t == 0, logits, (half / safe.to(half.dtype)).float() * safe)",
+    ),
+    Mutant(
+        "greedy_row_makes_batch_greedy",
+        "sample returns the argmax for every row when the first row's temperature is 0",
+        find="    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)",
+        replace="    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)\n"
+                "    if float(torch.as_tensor(temperature).reshape(-1)[0]) == 0:\n"
+                "        tokens = logits.argmax(dim=-1)\n"
+                "    return tokens",
+    ),
+    Mutant(
+        "sample_squeezes_batch_of_one",
+        "squeeze() instead of squeeze(-1): a batch of one returns a 0-d tensor, not shape (1,)",
+        find="return torch.multinomial(probs, 1, generator=generator).squeeze(-1)",
+        replace="return torch.multinomial(probs, 1, generator=generator).squeeze()",
+    ),
+    Mutant(
+        "parameter_dtype_not_cast",
+        "parameter tensors keep their dtype: float64 parameters make float64 probabilities",
+        find="    col = torch.as_tensor(value, dtype=like.dtype, device=like.device)",
+        replace="    col = torch.as_tensor(value, device=like.device)",
+    ),
+    Mutant(
+        "penalty_writes_into_flat_copy",
+        "the penalty is written through logits.clone().reshape(-1), a copy for non-contiguous logits",
+        find="    return torch.where(seen, penalised, logits)",
+        replace="    out = logits.clone()\n"
+                "    flat, rows = out.reshape(-1), torch.arange(B).unsqueeze(1).expand_as(prev_tokens)\n"
+                "    valid = prev_tokens >= 0\n"
+                "    idx = (rows * V + prev_tokens)[valid].unique()\n"
+                "    flat[idx] = torch.where(seen, penalised, logits).reshape(-1)[idx]\n"
+                "    return out",
+    ),
 ]

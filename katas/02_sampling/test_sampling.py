@@ -239,6 +239,61 @@ class TestTask1Temperature:
                          hint="temperature 0 is greedy: equal mass on EVERY token of maximal logit "
                          "(not only the first argmax); never divide by 0")
 
+    def test_temperature_zero_is_exact_for_near_ties(self) -> None:
+        # Maxima that differ from the runner-up by one float32 step (or by 1e-30): greedy
+        # means exactly 0 for every token below the max, however close it is.
+        below_one = 1.0 - 2.0 ** -24  # the float32 just below 1
+        logits = torch.tensor([[0.0, 1e-30, -1e-30, 1e-30], [1.0, below_one, 1.0, 0.5],
+                               [3e4, 3e4 - 2.0 ** -9, -3e4, 3e4]])
+        expected = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.5, 0.0, 0.5, 0.0], [0.5, 0.0, 0.0, 0.5]])
+        out = m.filtered_probs(logits, temperature=0.0)
+        assert isinstance(out, torch.Tensor) and bool((out[expected == 0] == 0).all()), (
+            f"temperature 0 must give exactly 0 to every token below the row's max logit, even one "
+            f"float32 step below; got {out.tolist() if isinstance(out, torch.Tensor) else out}\n"
+            f"  logits: {logits.tolist()}\n  hint: greedy is not softmax(logits / tiny): compare "
+            "with the row max (logits == max), do not clamp the temperature to a small epsilon")
+        assert_close(out, expected, what="filtered_probs(near-tied logits, temperature=0)",
+                     inputs=dict(logits=logits))
+
+    def test_small_positive_temperature_is_not_greedy(self) -> None:
+        # Only temperature 0 is greedy: a tiny positive t is softmax(logits / t) like any other.
+        cases = [(1e-6, [[0.0, -1e-6, -2e-6, -INF]]), (1e-3, [[5.0, 5.0 - 2.0 ** -10, 4.999, 0.0]])]
+        for t, rows in cases:
+            logits = torch.tensor(rows)
+            expected = torch.softmax(logits.double() / t, -1).float()
+            assert_close(m.filtered_probs(logits, temperature=t), expected,
+                         what=f"filtered_probs(logits, temperature={t})", inputs=dict(logits=logits),
+                         hint="a small positive temperature is not 0: divide by it (only t == 0 is "
+                         "greedy; do not treat t below some epsilon as greedy)", **PROB_TOL)
+
+    def test_high_temperature_keeps_far_tokens(self) -> None:
+        # softmax(x / 10) of gaps 120 and 200 is e^-12 and e^-20: small, but not 0. Computing
+        # softmax(x) first (e^-120 underflows float32) and then raising it to 1/t loses them.
+        logits = torch.tensor([[0.0, -120.0, -200.0, -INF], [50.0, -70.0, 50.0, -150.0]])
+        expected = torch.softmax(logits.double() / 10.0, -1).float()
+        out = m.filtered_probs(logits, temperature=10.0)
+        assert isinstance(out, torch.Tensor) and bool((out[logits > -INF] > 0).all()), (
+            f"temperature 10: every finite logit keeps a positive probability (e^-12, e^-20 here); "
+            f"got {out.tolist() if isinstance(out, torch.Tensor) else out}\n  hint: divide the "
+            "logits by t, then softmax; do not take the softmax first and raise it to 1/t")
+        assert_close(out, expected, what="filtered_probs(logits, temperature=10)",
+                     inputs=dict(logits=logits), atol=0.0, rtol=1e-4)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_precision_logits_are_divided_in_float32(self, dtype: torch.dtype) -> None:
+        # Grid logits are exact in both dtypes; x / 0.3 is not, and neither is 6e4 / 0.5 in fp16.
+        logits = grid_logits(13, 3, 10, distinct=6, banned=0.2, spread=30).to(dtype)
+        logits[0, :4] = torch.tensor([60000.0, 59968.0, 0.0, -60000.0]).to(dtype)
+        logits[0, 4:] = -INF
+        for t in (0.3, 0.5):
+            expected = torch.softmax(logits.double() / t, -1).float()
+            out = m.filtered_probs(logits, temperature=t)
+            assert_close(out, expected, what=f"filtered_probs({dtype} logits, temperature={t})",
+                         inputs=dict(logits=logits.float()), **PROB_TOL,
+                         hint="convert the logits to float32 BEFORE dividing by the temperature: "
+                         "x / t rounded to half precision is off by up to 1/16 of a logit, and "
+                         "60000 / 0.5 overflows float16 to inf")
+
     def test_banned_tokens_get_exactly_zero(self) -> None:
         logits = torch.tensor([[0.0, -INF, 1.0, -INF], [-INF, -INF, -INF, 7.0]])
         out = m.filtered_probs(logits, temperature=0.8)
@@ -445,6 +500,33 @@ class TestTask5Pipeline:
                          inputs=dict(logits=case.logits, seed=case.seed, row_params=row_params),
                          hint="a (B,) tensor parameter gives row b the value param[b]; rows never mix")
 
+    def test_non_contiguous_logits(self) -> None:
+        base = grid_logits(14, 12, 10, distinct=5, banned=0.2)  # (12, 10)
+        kw = dict(temperature=torch.tensor([0.0, 0.7, 1.3, 1.0, 0.5, 2.0]), top_k=3, top_p=0.9,
+                  min_p=0.05)
+        for name, logits in (("a transposed (10, 12) tensor, first 6 rows", base.t()[:6]),
+                             ("every other row", base[::2]),
+                             ("every other column", base[:6, ::2])):
+            assert not logits.is_contiguous()
+            out = m.filtered_probs(logits, **kw)
+            assert_close(out, m.filtered_probs(logits.contiguous(), **kw),
+                         what=f"filtered_probs of {name} (non-contiguous) vs a contiguous copy",
+                         inputs=dict(logits=logits),
+                         hint="any (B, V) tensor is valid input, whatever its strides: use reshape, "
+                         "not view, and index with (b, v), not into a flattened copy")
+
+    def test_float64_parameter_tensors(self) -> None:
+        logits = grid_logits(15, 3, 9, distinct=5, banned=0.1)
+        f32 = dict(temperature=torch.tensor([0.0, 0.7, 1.5]), top_k=torch.tensor([0, 3, 5]),
+                   top_p=torch.tensor([1.0, 0.8, 0.6]), min_p=torch.tensor([0.0, 0.05, 0.1]))
+        f64 = {n: (v.double() if v.is_floating_point() else v) for n, v in f32.items()}
+        out = m.filtered_probs(logits, **f64)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32, (
+            f"float64 parameter tensors: filtered_probs must still return float32, got "
+            f"{getattr(out, 'dtype', out)} (type promotion: cast the parameters to float32)")
+        assert_close(out, m.filtered_probs(logits, **f32), what="float64 vs float32 parameter tensors",
+                     inputs=dict(logits=logits), **PROB_TOL)
+
     def test_number_equals_filled_tensor(self) -> None:
         logits = grid_logits(7, 3, 10, distinct=5, banned=0.1)
         kw = dict(temperature=0.7, top_k=4, top_p=0.8, min_p=0.05)
@@ -493,6 +575,10 @@ class TestTask6Sample:
             " (torch.multinomial returns (B, 1): squeeze it)"
         assert tokens.dtype == torch.long, f"sample must return torch.long, got {tokens.dtype}"
         assert bool(((tokens >= 0) & (tokens < 13)).all()), f"token ids out of range: {tokens.tolist()}"
+        one = m.sample(logits[2:3], generator=torch.Generator().manual_seed(0))
+        assert isinstance(one, torch.Tensor) and one.shape == (1,) and one.dtype == torch.long, (
+            f"sample of (1, 13) logits must return a (1,) long tensor, got "
+            f"{getattr(one, 'shape', one)!r}: squeeze(-1), not squeeze() (a batch of one stays a batch)")
 
     def test_logits_not_modified(self) -> None:
         logits = grid_logits(9, 3, 8, distinct=4, banned=0.2)
@@ -580,6 +666,24 @@ class TestTask6Sample:
                 assert logits[b, tok] == logits[b].max(), (
                     f"row {b} has temperature 0 but sampled token {tok} (logit {float(logits[b, tok])}) "
                     f"instead of a token of maximal logit {float(logits[b].max())}; seed={seed}")
+
+    def test_greedy_rows_leave_other_rows_random(self) -> None:
+        """Row 0 is greedy; rows 1-3 are uniform over 8 tokens, 200 draws each. A correct
+        sampler gives one of those rows a single repeated token with probability 8^-199."""
+        reps = 200
+        logits = torch.zeros(4, 8)
+        logits[0] = torch.tensor([0.0, 1.0, 3.0, 2.0, 3.0, -1.0, 0.5, 1.5])
+        t = torch.tensor([0.0, 1.0, 1.0, 1.0])
+        tokens = m.sample(logits.repeat_interleave(reps, 0), temperature=t.repeat_interleave(reps),
+                          generator=torch.Generator().manual_seed(7)).view(4, reps)
+        assert set(tokens[0].tolist()) <= {2, 4}, \
+            f"row 0 has temperature 0: only tokens 2 and 4 (logit 3) may be drawn, got {set(tokens[0].tolist())}"
+        for b in (1, 2, 3):
+            drawn = set(tokens[b].tolist())
+            assert len(drawn) > 1, (
+                f"row {b} has temperature 1 and 8 equally likely tokens, yet all {reps} draws gave "
+                f"{drawn}: it was treated as greedy. A greedy row (temperature 0) must not make the "
+                "other rows greedy: decide per row, from that row's own temperature")
 
     def test_bad_parameters_raise(self) -> None:
         logits = torch.zeros(2, 5)
@@ -670,6 +774,17 @@ class TestTask7RepetitionPenalty:
         assert_close(m.apply_repetition_penalty(logits, prev, 1.0), logits, what="penalty=1.0")
         assert_close(m.apply_repetition_penalty(logits, torch.zeros(3, 0, dtype=torch.long), 1.7), logits,
                      what="empty prev_tokens (B, 0)")
+
+    def test_non_contiguous_logits(self) -> None:
+        base = torch.tensor([[2.0, -2.0, 1.0], [0.5, 3.0, -1.0], [-4.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+        logits = base.t()  # (3, 4), not contiguous
+        prev = torch.tensor([[0, 1, -1], [3, 3, 2], [-1, -1, 1]])
+        out = m.apply_repetition_penalty(logits, prev, 2.0)
+        assert_close(out, penalty_oracle(logits, prev, 2.0),
+                     what="apply_repetition_penalty of a transposed (non-contiguous) logits tensor",
+                     inputs=dict(logits=logits, prev_tokens=prev.tolist()),
+                     hint="writes into logits.reshape(-1) of a non-contiguous tensor go to a copy and "
+                     "are lost: index (b, token) pairs, or build a (B, V) mask and use torch.where")
 
     def test_per_row_penalty(self) -> None:
         logits = torch.tensor([[2.0, -2.0], [2.0, -2.0], [2.0, -2.0]])
