@@ -88,6 +88,18 @@ def test_zero_rows_are_skipped_tiles():
     assert "partial tile" in diagnose(torch.zeros_like(out), out, shapes=s, causal=False, **TOL)
 
 
+def test_underflow_when_every_score_is_far_below_zero():
+    s, out, lse = _case()
+    deep = lse - 200.0  # the same weights, every score 200 lower: exp underflows in float32
+    text = diagnose(torch.zeros_like(out), out, shapes=s, causal=False, expected_lse=deep, **TOL)
+    assert "running max m at -inf" in text
+    lost = torch.full_like(lse, -math.inf)
+    assert "running max m at -inf" in diagnose(lost, deep, shapes=s, causal=False, kind="lse", **TOL)
+    # ordinary scores: zero rows still point at skipped tiles, not at underflow
+    assert "partial tile" in diagnose(torch.zeros_like(out), out, shapes=s, causal=False,
+                                      expected_lse=lse, **TOL)
+
+
 def test_spread_errors_point_at_the_scale_or_the_rescale():
     s, out, lse = _case()
     bad = out + 0.3 * torch.randn(out.shape, generator=torch.Generator().manual_seed(2),

@@ -73,6 +73,10 @@ NO_KEY = ("queries that see no key (causal with Sq > Sk: queries i < Sq - Sk) mu
           "lse = -inf. Such a row keeps m = -inf and l = 0, so exp(s - m) is exp(-inf + inf) = NaN "
           "and acc / l is 0 / 0: subtract 0 instead of m while m is -inf, divide by 1 where l = 0, "
           "and write lse = -inf there")
+UNDERFLOW = ("these queries' scores are all far below 0 (lse < -80) and they came out as if they saw "
+             "no key: exp(s) underflows to 0 in float32 unless the running max is subtracted first. "
+             "Start the running max m at -inf (not 0 or another fixed number) so that it follows the "
+             "scores down, and take the max over the tile's scores before the exponentials")
 GQA = ("with GQA query head h reads kv head h // (Hq // Hkv): consecutive query heads share a kv "
        "head (h % Hkv, or an offset computed with Hq where Hkv belongs, gives this pattern)")
 
@@ -111,6 +115,15 @@ def diagnose(actual: torch.Tensor, expected: torch.Tensor, *, shapes: Shapes, ca
                 "subtracted")
     if bool(no_key.any()) and not bool((row_bad & ~no_key).any()):
         return "only the " + NO_KEY
+
+    # 1b. scores far below 0, and the result is what l = 0 gives (zeros, lse = -inf)
+    e_lse = e if kind == "lse" else (
+        expected_lse.detach().to("cpu", torch.float64) if expected_lse is not None else None)
+    if kind != "weights" and e_lse is not None and e_lse.shape == row_bad.shape:
+        deep = torch.isfinite(e_lse) & (e_lse < -80.0)
+        lost = (a == -math.inf) if kind == "lse" else (a.abs().amax(dim=-1) == 0)
+        if bool((row_bad & deep & lost).any()) and not bool((row_bad & ~deep).any()):
+            return UNDERFLOW
 
     # 2. some heads (or batches) right, others wrong
     head_bad = row_bad.any(dim=2).any(dim=0)  # (Hq,)
@@ -229,12 +242,13 @@ def diagnose(actual: torch.Tensor, expected: torch.Tensor, *, shapes: Shapes, ca
                 "causal path is wrong (the mask j <= i + (Sk - Sq), the loop bounds, the skipped "
                 "tiles); TestTask3Causal::test_weights_probe shows which keys each query sees. "
                 "Else check the softmax scale (scale=None means D ** -0.5; a given scale is used "
-                "as is; with exp2, multiply by log2(e) as well, once)")
+                "as is, even 0 or negative; with exp2, multiply by log2(e) as well, once)")
     else:
         text = ("errors across queries and heads, not tied to a head group (and "
                 "TestTask3Causal::test_weights_probe shows whether some keys, e.g. a last partial "
-                "tile, are skipped): check the softmax scale (scale=None means D ** -0.5; a given scale is used as "
-                "is; with exp2, multiply by log2(e) as well, once)")
+                "tile, are skipped): check the softmax scale (scale=None means D ** -0.5; a given "
+                "scale is used as is, even 0 or negative; with exp2, multiply by log2(e) as well, "
+                "once)")
     if lse_ok is None:
         text += ("; and the online rescale of acc and l by alpha = exp(m_old - m_new) "
                  "whenever the running max grows")

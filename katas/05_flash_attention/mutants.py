@@ -48,4 +48,77 @@ MUTANTS: list[Mutant] = [
     Mutant("no_float32_cast", "computes with bf16/fp16 values under the Triton interpreter",
            find="if TO_F32:", replace="if False:", count=2,
            expect="cast to float32 right after every tl.load"),
+    # Strides: each passes with contiguous inputs and fails on views (transposed, padded, strided).
+    Mutant("contiguous_strides", "computes every offset as if q, k, v were contiguous (Sq * D, D)",
+           find="""        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),""",
+           replace="""        Hq * Sq * D, Sq * D, D,
+        Hkv * Sk * D, Sk * D, D,
+        Hkv * Sk * D, Sk * D, D,""", expect="look at the strides"),
+    Mutant("last_dim_stride_ignored", "assumes stride(-1) == 1 (no .contiguous() for a strided last dim)",
+           find="    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))\n",
+           replace="", expect="look at the strides"),
+    Mutant("out_uses_q_strides", "stores out with q's strides",
+           find="out.stride(0), out.stride(1), out.stride(2),",
+           replace="q.stride(0), q.stride(1), q.stride(2),"),  # no expect: a full run writes out of bounds
+    Mutant("k_row_stride_from_q", "walks the keys with q's row stride",
+           find="k.stride(0), k.stride(1), k.stride(2),",
+           replace="k.stride(0), k.stride(1), q.stride(2),", expect="look at the strides"),
+    Mutant("v_uses_k_strides", "reads v with k's strides",
+           find="v.stride(0), v.stride(1), v.stride(2),",
+           replace="k.stride(0), k.stride(1), k.stride(2),", expect="look at the strides"),
+    Mutant("kv_offset_from_flat_index", "offsets k/v by (b * Hq + h) // group * stride_kh, ignoring stride_kb",
+           find="k_base = K + b * stride_kb + kv_h * stride_kh\n    v_base = V + b * stride_vb + kv_h * stride_vh",
+           replace="k_base = K + (pid_bh // group) * stride_kh\n    v_base = V + (pid_bh // group) * stride_vh",
+           expect="look at the strides"),
+    # Causal bounds and rows that see nothing.
+    Mutant("causal_hi_off_by_one", "ends the causal key loop at start_m + BLOCK_M - 1 + Sk - Sq (exclusive)",
+           find="hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), Sk)",
+           replace="hi = tl.minimum(tl.maximum(start_m + BLOCK_M - 1 + diag, 0), Sk)",
+           expect="stops too early"),
+    Mutant("alpha_nan_before_first_key", "rescales by exp2(m - m_new) unguarded: NaN while a row has seen nothing",
+           find="alpha = tl.exp2(m_i - m_safe)", replace="alpha = tl.exp2(m_i - m_new)",
+           expect="see no key"),
+    # Numerics, scale, dtypes, defaults.
+    Mutant("running_max_starts_at_zero", "starts the running max at 0: exp underflows when every score is far below 0",
+           find='m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)',
+           replace="m_i = tl.zeros([BLOCK_M], tl.float32)", expect="Start the running max m at -inf"),
+    Mutant("scale_zero_means_default", "writes `scale or D ** -0.5`: an explicit scale=0 becomes the default",
+           find="(D**-0.5 if scale is None else scale)", replace="(scale or D**-0.5)",
+           expect="even 0 or negative"),
+    Mutant("mask_before_scale", "masks the raw scores with -inf, then scales: NaN for scale <= 0",
+           find="""        s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N) scores, base-2 units, fp32
+        if MASKED:
+            keep = in_seq[None, :]
+            if CAUSAL:  # bottom-right: query i sees key j iff j <= i + (Sk - Sq)
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            s = tl.where(keep, s, float("-inf"))
+""", replace="""        s = tl.dot(q, k)
+        if MASKED:
+            keep = in_seq[None, :]
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            s = tl.where(keep, s, float("-inf"))
+        s = s * qk_scale
+"""),
+    Mutant("scale_q_in_place", "multiplies the caller's q by an explicit scale in place",
+           find="    qk_scale = (D**-0.5 if scale is None else scale) * LOG2E",
+           replace="    if scale is not None:\n        q.mul_(scale)\n"
+                   "    qk_scale = (D**-0.5 if scale is None else 1.0) * LOG2E",
+           expect="modified its input"),
+    Mutant("default_scale_one", "defaults scale to 1.0 instead of None (= D ** -0.5)",
+           find="    scale: float | None = None,\n) -> tuple",
+           replace="    scale: float | None = 1.0,\n) -> tuple", expect="check the signature's defaults"),
+    Mutant("out_rounded_to_fp16", "stores out as float16 whatever q's dtype: bf16 values past 65504 become inf",
+           find="out.to(Out.dtype.element_ty)", replace="out.to(tl.float16)",
+           expect="converted to float16"),
+    # Validation.
+    Mutant("no_head_dim_128", "rejects D = 128, a head dim of the contract",
+           find="HEAD_DIMS = (16, 32, 64, 128)", replace="HEAD_DIMS = (16, 32, 64)",
+           expect="one of the contract's head dims"),
+    Mutant("batch_not_checked", "does not check q's batch size against k/v's",
+           find=" or k.shape[0] != B", replace="", expect="batch size"),
+    Mutant("v_shape_not_checked", "checks k's shape against q but not v's",
+           find="if k.shape != v.shape or ", replace="if ", expect="as well as k's"),
 ]
