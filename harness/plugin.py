@@ -124,7 +124,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m gpu` deselects: a perf check is a gpu check
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "perf" in item.keywords and "gpu" not in item.keywords:
+            item.add_marker(pytest.mark.gpu)
     if config._kata_gpu:  # type: ignore[attr-defined]
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none found); on CPU the kernels are "
