@@ -154,7 +154,9 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         raise KataTimeout(f"Timeout (>{limit:g}s)")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, limit)
+    # Repeats every 2 s after the limit: an alarm swallowed by library code (one that lands
+    # in hypothesis's own bookkeeping, say) is followed by another.
+    signal.setitimer(signal.ITIMER_REAL, limit, 2.0)
     try:
         return (yield)
     finally:
