@@ -55,6 +55,10 @@ class KataTimeout(BaseException):
     """A check ran over its time limit. A BaseException, so that hypothesis does not catch
     it and replay the hanging example (which would then hang with no alarm left)."""
 
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"Timeout (>{limit:g}s)")
+        self.limit = limit
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("kata_timeout", "seconds a check may run before it is stopped as a hang",
@@ -150,7 +154,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         return (yield)
 
     def on_alarm(signum: int, frame: Any) -> None:
-        raise KataTimeout(f"Timeout (>{limit:g}s)")
+        raise KataTimeout(limit)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     # Repeats every 2 s after the limit: an alarm swallowed by library code (one that lands
@@ -194,7 +198,7 @@ def _task_of(item: pytest.Item) -> str | None:
     return m.group(1) if m else None
 
 
-def _todo_location(exc: BaseException, impl: Path) -> tuple[str, str]:
+def _learner_frame(exc: BaseException, impl: Path) -> tuple[str, str]:
     """(function name, file:line) of the deepest frame of the learner's module."""
     func, where = "?", "?"
     for frame in traceback.extract_tb(exc.__traceback__):
@@ -238,17 +242,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     todo_exc = _not_implemented(call.excinfo) if report.failed else None
     if todo_exc is not None:
         kind = "todo"
-        func, where = _todo_location(todo_exc, impl)
+        func, where = _learner_frame(todo_exc, impl)
         readme = f"katas/{catalog.KATAS[number][0]}/README.md" if number else "the kata README"
         section = f", Task {task}" if task else ""
         report.longrepr = (f"TODO: {func}() is not implemented yet ({where}). "
                            f"Read {readme}{section}.")
         report._kata_todo = (func, where, task)  # type: ignore[attr-defined]
     elif report.failed and call.excinfo is not None and call.excinfo.errisinstance(KataTimeout):
-        where = [e for e in call.excinfo.traceback if Path(str(e.path)).parent.resolve() == impl.resolve()]
-        at = f" It was at {_short(Path(str(where[-1].path)))}:{where[-1].lineno + 1}." if where else ""
+        _, where = _learner_frame(call.excinfo.value, impl)
+        at = f" It was at {where}." if where != "?" else ""
         report.longrepr = (
-            f"TIMEOUT: the check ran over {call.excinfo.value.args[0][10:-1]} and was stopped.{at} "
+            f"TIMEOUT: the check ran over {call.excinfo.value.limit:g}s and was stopped.{at} "
             "Your code probably hangs: a loop whose condition never changes, a wait on something "
             "that never comes, or a kernel launched over a far too large grid."
         )
@@ -257,11 +261,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             "could not import" in str(call.excinfo.value):  # type: ignore[union-attr]
         report.longrepr = f"IMPORT ERROR: {call.excinfo.value}"  # type: ignore[union-attr]
         kind = "import_error"
-    if call.when == "call" or report.failed:
-        item.config._kata_results.append(  # type: ignore[attr-defined]
-            {"nodeid": item.nodeid, "kata": number, "task": task, "outcome": kind,
-             "todo": getattr(report, "_kata_todo", None)}
-        )
+    item.config._kata_results.append(  # type: ignore[attr-defined]
+        {"nodeid": item.nodeid, "kata": number, "task": task, "outcome": kind,
+         "todo": getattr(report, "_kata_todo", None)}
+    )
     return report
 
 
