@@ -88,19 +88,20 @@ MUTANTS: list[Mutant] = [
            find="(D**-0.5 if scale is None else scale)", replace="(scale or D**-0.5)",
            expect="even 0 or negative"),
     Mutant("mask_before_scale", "masks the raw scores with -inf, then scales: NaN for scale <= 0",
-           find="""        s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N) scores, base-2 units, fp32
+           find="""        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N) scores, base-2 units, fp32
         if MASKED:
             keep = in_seq[None, :]
             if CAUSAL:  # bottom-right: query i sees key j iff j <= i + (Sk - Sq)
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             s = tl.where(keep, s, float("-inf"))
-""", replace="""        s = tl.dot(q, k)
+""", replace="""        s = tl.dot(q, tl.trans(k))
         if MASKED:
             keep = in_seq[None, :]
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             s = tl.where(keep, s, float("-inf"))
         s = s * qk_scale
+        if MASKED:
 """),
     Mutant("scale_q_in_place", "multiplies the caller's q by an explicit scale in place",
            find="    qk_scale = (D**-0.5 if scale is None else scale) * LOG2E",
