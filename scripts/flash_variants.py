@@ -1,12 +1,16 @@
 """Developer tool: time design variants of kata 05's kernel, config by config, on a GPU.
 
     python scripts/flash_variants.py [--seq 1024 4096 16384] [--dims 128 64] [--dtype bf16]
+        [--variants ptr-mfast desc-mfast ...] [--wide | --configs 128,64,8,3 ...] [--repeat N]
 
-Not a kata file. One kernel with constexpr switches for the design choices being weighed:
+Not a kata file; results and their reading are in docs/flash_tuning.md.
+One kernel with constexpr switches for the design choices being weighed:
   M_FAST  grid axis 0 walks the query tiles of one head (programs that run together share
           that head's K/V in L2) instead of walking the heads
   DESC    K/V/Q/O through on-device tensor descriptors (TMA on Hopper) instead of pointers
   WS      warp specialisation of the key loop (tl.range(..., warp_specialize=True))
+  PIPE    the unmasked loop pipelined by hand (next tile's QK^T before this tile's softmax)
+plus a persistent kernel (`pers*`: one program per SM or two, looping over tiles).
 Each variant x config is compiled once per (D, causal) and timed per case (CUDA events,
 median, L2 flushed); the table lists the best config per variant and case.
 """
@@ -71,11 +75,45 @@ def _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
 
 
 @triton.jit
+def _fold(acc, l_i, m_i, s, v, qk_scale):
+    """One unmasked tile's online-softmax update from its raw scores s."""
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    p = tl.exp2(s * qk_scale - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _tiles_pipelined(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_d, lo, hi,
+                     qk_scale, BLOCK_N: tl.constexpr):
+    """Unmasked tiles, software-pipelined by hand: tile j+1's QK^T is issued before tile j's
+    softmax, so the tensor cores can work while the softmax runs."""
+    offs_n = tl.arange(0, BLOCK_N)
+    if lo < hi:
+        k = tl.load(k_src + (lo + offs_n)[:, None] * stride_kn + offs_d[None, :])
+        s = tl.dot(q, k.T)
+        for start_n in range(lo + BLOCK_N, hi, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            k = tl.load(k_src + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :])
+            s_next = tl.dot(q, k.T)
+            v = tl.load(v_src + (start_n - BLOCK_N + offs_n)[:, None] * stride_vn + offs_d[None, :])
+            acc, l_i, m_i = _fold(acc, l_i, m_i, s, v, qk_scale)
+            s = s_next
+        v = tl.load(v_src + (hi - BLOCK_N + offs_n)[:, None] * stride_vn + offs_d[None, :])
+        acc, l_i, m_i = _fold(acc, l_i, m_i, s, v, qk_scale)
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _fwd(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
          stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
          Hq, group, Sq, Sk, qk_scale,
          HEAD_D: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-         BLOCK_N: tl.constexpr, M_FAST: tl.constexpr, DESC: tl.constexpr, WS: tl.constexpr):
+         BLOCK_N: tl.constexpr, M_FAST: tl.constexpr, DESC: tl.constexpr, WS: tl.constexpr,
+         PIPE: tl.constexpr):
     if M_FAST:
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -115,8 +153,13 @@ def _fwd(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qm, stride_kb, stride_k
     else:
         full_hi = Sk // BLOCK_N * BLOCK_N
         hi = Sk
-    acc, l_i, m_i = _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
-                           0, full_hi, Sk, diag, qk_scale, False, CAUSAL, BLOCK_N, DESC, WS)
+    if PIPE:
+        acc, l_i, m_i = _tiles_pipelined(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
+                                         offs_d, 0, full_hi, qk_scale, BLOCK_N)
+    else:
+        acc, l_i, m_i = _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m,
+                               offs_d, 0, full_hi, Sk, diag, qk_scale, False, CAUSAL, BLOCK_N,
+                               DESC, WS)
     acc, l_i, m_i = _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
                            full_hi, hi, Sk, diag, qk_scale, True, CAUSAL, BLOCK_N, DESC, False)
     seen = l_i > 0.0
@@ -227,13 +270,13 @@ def _alloc(size: int, alignment: int, stream):
 
 
 def run_variant(q, k, v, causal, *, PER_SM=0, FLAT=False, M_FAST=True, DESC=True, WS=False,
-                **cfg):
+                PIPE=False, **cfg):
     if PER_SM:
         return run_persistent(q, k, v, causal, PER_SM=PER_SM, FLAT=FLAT, **cfg)
-    return run_grid(q, k, v, causal, M_FAST=M_FAST, DESC=DESC, WS=WS, **cfg)
+    return run_grid(q, k, v, causal, M_FAST=M_FAST, DESC=DESC, WS=WS, PIPE=PIPE, **cfg)
 
 
-def run_grid(q, k, v, causal, *, M_FAST, DESC, WS, BLOCK_M, BLOCK_N, num_warps, num_stages):
+def run_grid(q, k, v, causal, *, M_FAST, DESC, WS, PIPE, BLOCK_M, BLOCK_N, num_warps, num_stages):
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
@@ -244,13 +287,14 @@ def run_grid(q, k, v, causal, *, M_FAST, DESC, WS, BLOCK_M, BLOCK_N, num_warps, 
                k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
                out.stride(2), Hq, Hq // Hkv, Sq, Sk, D**-0.5 * LOG2E,
                HEAD_D=D, CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, M_FAST=M_FAST,
-               DESC=DESC, WS=WS, num_warps=num_warps, num_stages=num_stages)
+               DESC=DESC, WS=WS, PIPE=PIPE, num_warps=num_warps, num_stages=num_stages)
     return out, lse
 
 
 VARIANTS = {
     "ptr-headfast": dict(M_FAST=False, DESC=False, WS=False),
     "ptr-mfast": dict(M_FAST=True, DESC=False, WS=False),
+    "ptr-pipe": dict(M_FAST=True, DESC=False, WS=False, PIPE=True),
     "desc-mfast": dict(M_FAST=True, DESC=True, WS=False),
     "desc-mfast-ws": dict(M_FAST=True, DESC=True, WS=True),
     "pers1": dict(PER_SM=1, FLAT=False),
@@ -272,6 +316,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--wide", action="store_true", help="more configs")
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help="explicit configs BLOCK_M,BLOCK_N,warps,stages (e.g. 128,64,8,3)")
+    ap.add_argument("--repeat", type=int, default=1, help="time each config this many times")
     args = ap.parse_args()
     triton.set_allocator(_alloc)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
@@ -298,7 +345,10 @@ def main() -> None:
         line = f"D={D:3} S={S:5} causal={causal!s:5} flash {peers['flash']:5.0f} cudnn {peers['cudnn']:5.0f} |"
         for vname in args.variants:
             best = (0.0, None)
-            for cfg in (CONFIGS_WIDE if args.wide and not vname.startswith("pers") else CONFIGS):
+            configs = (CONFIGS_WIDE if args.wide and not vname.startswith("pers") else CONFIGS)
+            if args.configs:
+                configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
+            for cfg in configs:
                 if vname.endswith("ws") and cfg[2] != 8:
                     continue
                 bm, bn, w, st = cfg
@@ -309,13 +359,16 @@ def main() -> None:
                     if not err < 2e-2:
                         print(f"  {vname} {cfg}: WRONG max err {err}", flush=True)
                         continue
-                    t = tf(cuda_median_ms(lambda: run_variant(q, k, v, causal, **kw)))
+                    ts = [tf(cuda_median_ms(lambda: run_variant(q, k, v, causal, **kw)))
+                          for _ in range(args.repeat)]
+                    t = sorted(ts)[len(ts) // 2]
                 except Exception as e:  # noqa: BLE001
                     print(f"  {vname} {cfg}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
                     if vname.endswith("ws"):
                         traceback.print_exc(limit=1)
                     continue
-                print(f"  D={D} S={S} c={causal} {vname} {cfg}: {t:.0f}", flush=True)
+                print(f"  D={D} S={S} c={causal} {vname} {cfg}: {t:.0f}  ({' '.join(f'{x:.0f}' for x in ts)})",
+                      flush=True)
                 best = max(best, (t, cfg))
             line += f" {vname} {best[0]:4.0f} {best[1]} |"
         rows.append(line)
