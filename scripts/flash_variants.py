@@ -34,9 +34,20 @@ LOG2E = math.log2(math.e)
 
 
 @triton.jit
+def _exp2_packed(x):
+    """exp2 of an fp16/bf16 tensor, two values per MUFU instruction (sm_90 ex2 .f16x2/.bf16x2)."""
+    if x.dtype == tl.float16:
+        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x],
+                                         dtype=tl.bfloat16, is_pure=True, pack=2)
+
+
+@triton.jit
 def _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d, lo, hi, Sk,
            diag, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-           DESC: tl.constexpr, WS: tl.constexpr):
+           DESC: tl.constexpr, WS: tl.constexpr, FEXP: tl.constexpr = False):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -65,9 +76,15 @@ def _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
             alpha = tl.exp2(m_i - m_safe)
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-            p = tl.exp2(s * qk_scale - m_new[:, None])  # one FMA per score
+            if FEXP:
+                p = _exp2_packed((s * qk_scale - m_new[:, None]).to(v.dtype))
+            else:
+                p = tl.exp2(s * qk_scale - m_new[:, None])  # one FMA per score
             alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        if FEXP:
+            l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+        else:
+            l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -113,7 +130,7 @@ def _fwd(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qm, stride_kb, stride_k
          Hq, group, Sq, Sk, qk_scale,
          HEAD_D: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
          BLOCK_N: tl.constexpr, M_FAST: tl.constexpr, DESC: tl.constexpr, WS: tl.constexpr,
-         PIPE: tl.constexpr):
+         PIPE: tl.constexpr, FEXP: tl.constexpr):
     if M_FAST:
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -159,7 +176,7 @@ def _fwd(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qm, stride_kb, stride_k
     else:
         acc, l_i, m_i = _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m,
                                offs_d, 0, full_hi, Sk, diag, qk_scale, False, CAUSAL, BLOCK_N,
-                               DESC, WS)
+                               DESC, WS, FEXP)
     acc, l_i, m_i = _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
                            full_hi, hi, Sk, diag, qk_scale, True, CAUSAL, BLOCK_N, DESC, False)
     seen = l_i > 0.0
@@ -270,13 +287,13 @@ def _alloc(size: int, alignment: int, stream):
 
 
 def run_variant(q, k, v, causal, *, PER_SM=0, FLAT=False, M_FAST=True, DESC=True, WS=False,
-                PIPE=False, **cfg):
+                PIPE=False, FEXP=False, **cfg):
     if PER_SM:
         return run_persistent(q, k, v, causal, PER_SM=PER_SM, FLAT=FLAT, **cfg)
-    return run_grid(q, k, v, causal, M_FAST=M_FAST, DESC=DESC, WS=WS, PIPE=PIPE, **cfg)
+    return run_grid(q, k, v, causal, M_FAST=M_FAST, DESC=DESC, WS=WS, PIPE=PIPE, FEXP=FEXP, **cfg)
 
 
-def run_grid(q, k, v, causal, *, M_FAST, DESC, WS, PIPE, BLOCK_M, BLOCK_N, num_warps, num_stages):
+def run_grid(q, k, v, causal, *, M_FAST, DESC, WS, PIPE, FEXP, BLOCK_M, BLOCK_N, num_warps, num_stages):
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
@@ -287,7 +304,8 @@ def run_grid(q, k, v, causal, *, M_FAST, DESC, WS, PIPE, BLOCK_M, BLOCK_N, num_w
                k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
                out.stride(2), Hq, Hq // Hkv, Sq, Sk, D**-0.5 * LOG2E,
                HEAD_D=D, CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, M_FAST=M_FAST,
-               DESC=DESC, WS=WS, PIPE=PIPE, num_warps=num_warps, num_stages=num_stages)
+               DESC=DESC, WS=WS, PIPE=PIPE, FEXP=FEXP, num_warps=num_warps,
+               num_stages=num_stages)
     return out, lse
 
 
@@ -295,6 +313,7 @@ VARIANTS = {
     "ptr-headfast": dict(M_FAST=False, DESC=False, WS=False),
     "ptr-mfast": dict(M_FAST=True, DESC=False, WS=False),
     "ptr-pipe": dict(M_FAST=True, DESC=False, WS=False, PIPE=True),
+    "ptr-fexp": dict(M_FAST=True, DESC=False, WS=False, FEXP=True),
     "desc-mfast": dict(M_FAST=True, DESC=True, WS=False),
     "desc-mfast-ws": dict(M_FAST=True, DESC=True, WS=True),
     "pers1": dict(PER_SM=1, FLAT=False),
