@@ -68,11 +68,11 @@ def _visit_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
             if CAUSAL:  # bottom-right: query i sees key j iff j <= i + (Sk - Sq)
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             s = tl.where(keep, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))  # (BLOCK_M,)
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # (BLOCK_M,)
+        if MASKED:
             # A row that has seen no key yet has m_new = -inf; subtract 0 instead (no -inf - -inf).
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:  # every row sees every key of these tiles: m_new is finite, no guard needed
-            m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = m_new
         alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
         p = tl.exp2(s - m_safe[:, None])  # (BLOCK_M, BLOCK_N)

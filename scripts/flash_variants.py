@@ -34,6 +34,30 @@ LOG2E = math.log2(math.e)
 
 
 @triton.jit
+def _key_bounds(start_m, Sq, Sk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """Keys [0, full_hi) need no mask for this query tile; [full_hi, hi) need one."""
+    diag = Sk - Sq
+    if CAUSAL:
+        full_hi = tl.minimum(tl.maximum(start_m + diag + 1, 0), Sk) // BLOCK_N * BLOCK_N
+        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), Sk)
+    else:
+        full_hi = Sk // BLOCK_N * BLOCK_N
+        hi = Sk
+    return full_hi, hi
+
+
+@triton.jit
+def _finish(acc, l_i, m_i):
+    """(out, natural-log lse); zeros and -inf for a query that saw no key."""
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    return out, lse
+
+
+@triton.jit
 def _exp2_packed(x):
     """exp2 of an fp16/bf16 tensor, two values per MUFU instruction (sm_90 ex2 .f16x2/.bf16x2)."""
     if x.dtype == tl.float16:
@@ -164,12 +188,7 @@ def _fwd(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qm, stride_kb, stride_k
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
     diag = Sk - Sq
-    if CAUSAL:
-        full_hi = tl.minimum(tl.maximum(start_m + diag + 1, 0), Sk) // BLOCK_N * BLOCK_N
-        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), Sk)
-    else:
-        full_hi = Sk // BLOCK_N * BLOCK_N
-        hi = Sk
+    full_hi, hi = _key_bounds(start_m, Sq, Sk, CAUSAL, BLOCK_M, BLOCK_N)
     if PIPE:
         acc, l_i, m_i = _tiles_pipelined(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
                                          offs_d, 0, full_hi, qk_scale, BLOCK_N)
@@ -179,10 +198,7 @@ def _fwd(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qm, stride_kb, stride_k
                                DESC, WS, FEXP)
     acc, l_i, m_i = _tiles(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
                            full_hi, hi, Sk, diag, qk_scale, True, CAUSAL, BLOCK_N, DESC, False)
-    seen = l_i > 0.0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
+    out, lse = _finish(acc, l_i, m_i)
     if DESC:
         o_dst.store([start_m, 0], out.to(Out.dtype.element_ty))
     else:
@@ -248,18 +264,10 @@ def _fwd_persistent(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qm, stride_k
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
         diag = Sk - Sq
-        if CAUSAL:
-            full_hi = tl.minimum(tl.maximum(start_m + diag + 1, 0), Sk) // BLOCK_N * BLOCK_N
-            hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), Sk)
-        else:
-            full_hi = Sk // BLOCK_N * BLOCK_N
-            hi = Sk
+        full_hi, hi = _key_bounds(start_m, Sq, Sk, CAUSAL, BLOCK_M, BLOCK_N)
         acc, l_i, m_i = _one_loop(acc, l_i, m_i, q, k_src, v_src, offs_m, hi, full_hi, Sk, diag,
                                   qk_scale, CAUSAL, BLOCK_N)
-        seen = l_i > 0.0
-        out = acc / tl.where(seen, l_i, 1.0)[:, None]
-        lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
-                       float("-inf"))
+        out, lse = _finish(acc, l_i, m_i)
         o_dst.store([start_m, 0], out.to(Out.dtype.element_ty))
         tl.store(Lse + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=offs_m < Sq)
 

@@ -101,7 +101,6 @@ MUTANTS: list[Mutant] = [
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             s = tl.where(keep, s, float("-inf"))
         s = s * qk_scale
-        if MASKED:
 """),
     Mutant("scale_q_in_place", "multiplies the caller's q by an explicit scale in place",
            find="    qk_scale = (D**-0.5 if scale is None else scale) * LOG2E",
