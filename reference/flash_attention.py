@@ -16,8 +16,11 @@ Shapes: B batch, Hq query heads, Hkv kv heads, Sq queries, Sk keys, D head dim.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+from functools import cache
+from pathlib import Path
 
 import torch
 import triton
@@ -81,6 +84,36 @@ def _visit_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
         acc = tl.dot(p.to(v.dtype), v, acc)  # fp16/bf16 inputs, fp32 accumulation on GPU
         m_i = m_new
     return acc, l_i, m_i
+
+
+@cache
+def _hopper_kernel():
+    """flash_attention_hopper.py beside this file (the Gluon fast path for sm_90), or None."""
+    path = Path(__file__).with_name("flash_attention_hopper.py")
+    if not path.is_file():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location("_flash_attention_hopper", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:  # a Triton without Gluon: the portable kernel does the work
+        return None
+    return module
+
+
+USE_HOPPER_KERNEL = True  # scripts set False to time the portable kernel on an H100
+
+
+def describe_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """Which kernel flash_attention runs for these inputs (bench.py prints it per case)."""
+    fast = _hopper_kernel() if USE_HOPPER_KERNEL and q.is_cuda else None
+    if fast is not None and fast.supports(q, k, v):
+        return fast.describe(q.shape[-1])
+    cfg = getattr(_flash_fwd_kernel, "best_config", None)  # the autotuner's pick, after a run
+    if cfg is None:
+        return "triton (not run yet)"
+    return (f"triton BLOCK_M={cfg.kwargs['BLOCK_M']} BLOCK_N={cfg.kwargs['BLOCK_N']} "
+            f"stages={cfg.num_stages} warps={cfg.num_warps}")
 
 
 def _prune_configs(configs: list, named_args: dict, **kwargs) -> list:
@@ -191,6 +224,11 @@ def flash_attention(
     if out.numel() == 0:
         return out, lse
     qk_scale = (D**-0.5 if scale is None else scale) * LOG2E  # one multiply, then exp2
+    if USE_HOPPER_KERNEL and q.is_cuda and qk_scale > 0:  # H100/H200: the Gluon kernel
+        fast = _hopper_kernel()
+        if fast is not None and fast.supports(q, k, v):
+            fast.flash_attention_hopper(q, k, v, causal, qk_scale, out, lse)
+            return out, lse
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     grid = lambda meta: (B * Hq * triton.cdiv(Sq, meta["BLOCK_M"]),)  # noqa: E731
     _flash_fwd_kernel[grid](
