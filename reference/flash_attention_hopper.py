@@ -13,8 +13,12 @@ kernel cannot ask Triton for (FlashAttention-3, section 3.2, "intra-warpgroup ov
       wait for S_j; softmax(S_j) -> P_j       (overlaps the PV matmul)
       wait for the PV matmul; acc *= alpha_j
 
-* K/V tiles copied by the TMA engine into a two-stage shared-memory ring, each stage
-  refilled (two tiles ahead) as soon as the matmul that read it has finished.
+* K/V tiles copied by the TMA engine into a shared-memory ring of STAGES tiles, each stage
+  refilled (STAGES tiles ahead) as soon as the matmul that read it has finished.
+
+The copies see Q, K and V as (B*H*S, D) matrices, so the last key tile of a head may run into
+the next head's rows: those columns are masked to -inf like any key past Sk (p = 0), and past
+the end of the tensor the TMA engine fills zeros.
 
 The math is the online softmax of kata 03 in base 2, exactly as in `flash_attention.py`.
 Gluon kernels do not run under the interpreter: `flash_attention.py` calls this file only
