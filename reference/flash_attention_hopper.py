@@ -33,6 +33,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+# Gluon is young and renames things: the TMA load is async_copy_global_to_shared in triton
+# 3.6 and async_load from 3.7 on (same arguments). Checked on 3.6 (our H100) and 3.9 (pinned).
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
 # (BLOCK_M, BLOCK_N, STAGES, num_warps, Q_IN_REGS) by head dim, the winners of
 # scripts/flash_hopper_check.py on an H100 (docs/flash_tuning.md). One warpgroup of 64 query
 # rows per program and 82 KB of shared memory: two programs share each SM, and one's softmax
@@ -47,7 +51,7 @@ def _load_kv(desc, bars, bufs, tile, row0, BLOCK_N: gl.constexpr, STAGES: gl.con
     stage = tile % STAGES
     bar = bars.index(stage)
     mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(desc, [row0 + tile * BLOCK_N, 0], bar, bufs.index(stage), pred=pred)
+    _tma_load(desc, [row0 + tile * BLOCK_N, 0], bar, bufs.index(stage), pred=pred)
 
 
 @gluon.jit
@@ -129,7 +133,7 @@ def _flash_fwd_hopper(q_desc, k_desc, v_desc, Out, Lse,
     acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
     if n_tiles > 0:
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row0, 0], q_bar, q_smem)
+        _tma_load(q_desc, [q_row0, 0], q_bar, q_smem)
         for t in gl.static_range(STAGES):  # fill the ring
             _load_kv(k_desc, k_bars, k_smem, t, kv_row0, BLOCK_N, STAGES, t < n_tiles)
             _load_kv(v_desc, v_bars, v_smem, t, kv_row0, BLOCK_N, STAGES, t < n_tiles)
