@@ -104,10 +104,19 @@ def _hopper_kernel():
 USE_HOPPER_KERNEL = True  # scripts set False to time the portable kernel on an H100
 
 
+def _hopper_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_scale: float):
+    """The Gluon module when it takes these inputs (an H100/H200 and its `supports`), else None."""
+    if not (USE_HOPPER_KERNEL and q.is_cuda):
+        return None
+    fast = _hopper_kernel()
+    return fast if fast is not None and fast.supports(q, k, v, qk_scale) else None
+
+
 def describe_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
-    """Which kernel flash_attention runs for these inputs (bench.py prints it per case)."""
-    fast = _hopper_kernel() if USE_HOPPER_KERNEL and q.is_cuda else None
-    if fast is not None and fast.supports(q, k, v):
+    """Which kernel flash_attention runs for these inputs at the default scale (bench.py
+    prints it per case)."""
+    fast = _hopper_path(q, k, v, q.shape[-1] ** -0.5 * LOG2E)
+    if fast is not None:
         return fast.describe(q.shape[-1])
     cfg = getattr(_flash_fwd_kernel, "best_config", None)  # the autotuner's pick, after a run
     if cfg is None:
@@ -224,11 +233,10 @@ def flash_attention(
     if out.numel() == 0:
         return out, lse
     qk_scale = (D**-0.5 if scale is None else scale) * LOG2E  # one multiply, then exp2
-    if USE_HOPPER_KERNEL and q.is_cuda and qk_scale > 0:  # H100/H200: the Gluon kernel
-        fast = _hopper_kernel()
-        if fast is not None and fast.supports(q, k, v):
-            fast.flash_attention_hopper(q, k, v, causal, qk_scale, out, lse)
-            return out, lse
+    fast = _hopper_path(q, k, v, qk_scale)
+    if fast is not None:  # H100/H200: the Gluon kernel
+        fast.flash_attention_hopper(q, k, v, causal, qk_scale, out, lse)
+        return out, lse
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     grid = lambda meta: (B * Hq * triton.cdiv(Sq, meta["BLOCK_M"]),)  # noqa: E731
     _flash_fwd_kernel[grid](

@@ -204,10 +204,11 @@ def describe(D: int) -> str:
             + (" Q-in-registers" if q_regs else ""))
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_scale: float) -> bool:
     """True where this kernel applies: Hopper GPU, fp16/bf16, D 64 or 128, contiguous
-    (B, H, S, D) inputs with at least one key, 16-byte aligned for the TMA engine."""
-    if not (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9):
+    (B, H, S, D) inputs with at least one key, 16-byte aligned for the TMA engine, and a
+    positive scale (the kernel scales the row max of the raw scores)."""
+    if qk_scale <= 0 or not (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9):
         return False
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in CONFIG:
         return False

@@ -50,7 +50,7 @@ def check_correct() -> int:
                 q = torch.randn(B, Hq, Sq, D, device="cuda", dtype=dtype, generator=gen)
                 k = torch.randn(B, Hkv, Sk, D, device="cuda", dtype=dtype, generator=gen)
                 v = torch.randn(B, Hkv, Sk, D, device="cuda", dtype=dtype, generator=gen)
-                assert fast.supports(q, k, v)
+                assert fast.supports(q, k, v, D**-0.5 * ref.LOG2E)
                 out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
                 lse = torch.full((B, Hq, Sq), float("nan"), device="cuda")
                 fast.flash_attention_hopper(q, k, v, causal, D**-0.5 * ref.LOG2E, out, lse)
