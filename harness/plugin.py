@@ -23,18 +23,10 @@ import pytest
 from harness import katas as catalog
 from harness.impl import ENV_VAR, resolve_impl_dir
 
-# -- Hypothesis profiles --------------------------------------------------------------
-try:
-    from hypothesis import HealthCheck, Phase, settings
+from harness import profiles, triton_probe
 
-    # No "explain" phase: its coverage notes point into the harness, not at the bug.
-    _phases = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
-    _common = dict(deadline=None, print_blob=True, phases=_phases,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    settings.register_profile("learner", max_examples=30, **_common)  # quick, randomised
-    settings.register_profile("ci", max_examples=30, derandomize=True, database=None, **_common)
-    settings.register_profile("thorough", max_examples=400, **_common)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "learner"))
+try:
+    profiles.register()
 except ImportError:  # pragma: no cover - hypothesis is a dependency
     pass
 
@@ -107,6 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config._kata_gpu:  # type: ignore[attr-defined]
         # Must happen before any @triton.jit runs: the decorator reads it.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    triton_probe.install()
     config._kata_results = []  # type: ignore[attr-defined]
     config._kata_perf = []  # type: ignore[attr-defined]
 
