@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from harness import triton_probe
+
 _TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-8),
     torch.float32: (1e-5, 1e-5),
@@ -53,6 +55,23 @@ def describe(**inputs: Any) -> str:
     return ", ".join(parts)
 
 
+_launches_at_last_look = [0]  # Triton launches counted when the last comparison (or check) began
+
+
+def new_check() -> None:
+    """Called by the plugin as each check starts."""
+    _launches_at_last_look[0] = triton_probe.total_launches()
+
+
+def _triton_ran_since_last_look() -> bool:
+    """Did the code under test launch a Triton kernel since the previous comparison? The
+    interpreter's bf16 hint makes sense only then, not for plain torch code."""
+    now = triton_probe.total_launches()
+    ran = now > _launches_at_last_look[0]
+    _launches_at_last_look[0] = now
+    return ran
+
+
 def _interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -75,6 +94,7 @@ def assert_close(
     `tolerance(expected.dtype)`.
     """
     __tracebackhide__ = True  # a failure shows the test's line, not this helper's insides
+    triton_ran = _triton_ran_since_last_look()
     inputs_text = describe(**inputs) if isinstance(inputs, dict) else inputs
     head = f"{what}: " if what else ""
     where = f"\n  inputs: {inputs_text}" if inputs_text else ""
@@ -107,14 +127,21 @@ def assert_close(
     idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), bad.shape)) if bad.dim() else ()
     finite = ~(both_nan | same_inf)
     max_abs = float(torch.nan_to_num(err[finite], nan=math.inf).max()) if finite.any() else math.nan
+    # Relative error only where the expected value is not 0 (against 0 it means nothing).
+    nonzero = finite & (e != 0)
     rel = err / e.abs().clamp_min(1e-300)
-    max_rel = float(torch.nan_to_num(rel[finite], nan=math.inf).max()) if finite.any() else math.nan
+    max_rel = float(torch.nan_to_num(rel[nonzero], nan=math.inf).max()) if nonzero.any() else math.nan
+    errors = f"max abs error {max_abs:.3g}"
+    if not math.isnan(max_rel):
+        errors += f", max rel error {max_rel:.3g} (where the expected value is not 0)"
+    if bool((bad & (e == 0)).any()):
+        errors += "; some expected values are exactly 0, judged by atol"
     lines = [
         f"{head}{n_bad} of {n} elements ({100.0 * n_bad / n:.3g}%) differ from the expected values",
         f"  inputs: {inputs_text}" if inputs_text else "",
         f"  worst element at index {idx}: got {float(a[idx]) if idx or a.dim() == 0 else float(a):.6g}, "
         f"expected {float(e[idx]) if idx or e.dim() == 0 else float(e):.6g}",
-        f"  max abs error {max_abs:.3g}, max rel error {max_rel:.3g}",
+        f"  {errors}",
         f"  tolerance: atol={atol:g} rtol={rtol:g} for {str(expected.dtype).replace('torch.', '')} "
         f"(see harness/compare.py)",
     ]
@@ -122,7 +149,7 @@ def assert_close(
         lines.append(f"  the result has {int(torch.isnan(a).sum())} NaN where the expected values have none")
     if hint:
         lines.append(f"  hint: {hint}")
-    if _interpreter_on() and actual.dtype in (torch.bfloat16, torch.float16) and (
+    if triton_ran and _interpreter_on() and actual.dtype in (torch.bfloat16, torch.float16) and (
         bool((~torch.isfinite(a) & torch.isfinite(e)).any()) or max_abs > 1e3 * (1 + float(e.abs().max()))
     ):  # NaN/inf, or errors far beyond the data's own scale: the interpreter's bf16 garbage
         lines.append(f"  hint: {INTERPRETER_BF16_HINT}")

@@ -39,3 +39,20 @@ def kata_of_path(path: str | Path) -> str | None:
         if folder in parts:
             return number
     return None
+
+
+def readme_path(number: str) -> Path:
+    return KATAS_DIR / KATAS[number][0] / "README.md"
+
+
+def task_titles(number: str) -> dict[str, str]:
+    """{'1': "`softmax`", ...}: the README's '## Task N: title' headings, in order."""
+    path = readme_path(number)
+    titles: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.startswith("## Task ") and ":" in line:
+                head, _, title = line[len("## Task "):].partition(":")
+                if head.strip().isdigit():
+                    titles[head.strip()] = title.strip()
+    return titles

@@ -1,8 +1,9 @@
 """The pytest plugin behind every kata (loaded by the root conftest.py).
 
-It adds ``--impl``, lets ``pytest katas/05`` name a kata by number, runs Triton under
-its interpreter when there is no GPU, skips GPU-only tests with a reason, turns an
-unimplemented stub into one line per test, and ends the run with a kata summary.
+It adds ``--impl`` and ``--task``, lets ``pytest katas/05`` name a kata by number, runs
+Triton under its interpreter when there is no GPU, skips GPU-only tests with a reason,
+counts an unimplemented stub as TODO (no traceback), shows real failures in a few lines
+(harness/report.py), and ends the run with a kata summary, task by task.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import re
 import signal
 import threading
 import time
-import traceback
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,9 @@ import pytest
 from harness import katas as catalog
 from harness.impl import ENV_VAR, resolve_impl_dir
 
-from harness import profiles, triton_probe
+from harness import compare, profiles, progress, report, triton_probe
 
-try:
-    profiles.register()
-except ImportError:  # pragma: no cover - hypothesis is a dependency
-    pass
-
+DETAILED_FAILURES = 3  # failures per run shown with all their lines (-v: every one)
 _TASK_CLASS = re.compile(r"TestTask(\d+)")
 _EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+
 
@@ -62,6 +57,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="whose modules to test: 'stubs' (default), 'reference', or a folder of modules "
         f"(also set by the environment variable {ENV_VAR})",
     )
+    group.addoption(
+        "--task", default=None, metavar="N[,M]",
+        help="run only the checks of these tasks of the kata (as numbered in its README)",
+    )
 
 
 def _rewrite_kata_args(args: list[str]) -> list[str]:
@@ -88,6 +87,7 @@ def _rewrite_kata_args(args: list[str]) -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    profiles.register()  # per session: a forked self-test worker reads its own HYPOTHESIS_PROFILE
     try:
         impl = resolve_impl_dir(config.getoption("--impl"))
     except NotADirectoryError as exc:
@@ -102,22 +102,49 @@ def pytest_configure(config: pytest.Config) -> None:
     triton_probe.install()
     config._kata_results = []  # type: ignore[attr-defined]
     config._kata_perf = []  # type: ignore[attr-defined]
+    config._kata_detailed = 0  # type: ignore[attr-defined]  # failures shown in full so far
+    config._kata_selected = []  # type: ignore[attr-defined]  # (kata, task) of each selected check
+    config._kata_unselected = []  # type: ignore[attr-defined]  # (kata, task) deselected
+    if config.option.verbose <= 0 and config.option.tbstyle == "auto":
+        # pytest's version/plugin header is noise for a learner; our own line follows.
+        config.option.no_header = True
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    impl = config._kata_impl  # type: ignore[attr-defined]
-    lines = [f"katas: testing the modules in {impl}  (--impl stubs|reference|PATH)"]
+def _backend_line(config: pytest.Config) -> str:
     if config._kata_gpu:  # type: ignore[attr-defined]
         import torch
 
-        lines.append(f"katas: GPU {torch.cuda.get_device_name()}: gpu and perf tests run")
-    else:
-        lines.append(
-            "katas: no CUDA GPU: Triton kernels run under the interpreter (TRITON_INTERPRET=1), "
-            "gpu/perf tests skip. In your kernels, cast bf16/fp16 to float32 right after tl.load: "
-            "the interpreter computes garbage with bf16 values."
-        )
-    return lines
+        return f"GPU {torch.cuda.get_device_name()}: gpu and perf checks run"
+    return ("no CUDA GPU: Triton kernels run under the interpreter, GPU-only checks skip "
+            "(cast bf16/fp16 to float32 right after tl.load)")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"katas: testing the modules in {config._kata_impl}  (--impl stubs|reference|PATH)",  # type: ignore[attr-defined]
+            f"katas: {_backend_line(config)}"]
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    if not config.option.no_header:
+        return []
+    impl = config._kata_impl  # type: ignore[attr-defined]
+    return [f"testing {report.short_path(impl)}/ (--impl); {_backend_line(config)}"]
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Test ids name their dtype: [bfloat16], not [dtype0]."""
+    if type(val).__module__ == "torch" and type(val).__name__ == "dtype":
+        return str(val).replace("torch.", "")
+    return None
+
+
+def _parse_tasks(value: str | None) -> set[str] | None:
+    if not value:
+        return None
+    tasks = {part.strip().lstrip("0") or "0" for part in value.split(",") if part.strip()}
+    if not tasks or not all(t.isdigit() for t in tasks):
+        raise pytest.UsageError(f"--task {value!r}: give task numbers, e.g. --task 2 or --task 1,3")
+    return tasks
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m gpu` deselects: a perf check is a gpu check
@@ -125,6 +152,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "perf" in item.keywords and "gpu" not in item.keywords:
             item.add_marker(pytest.mark.gpu)
+    tasks = _parse_tasks(config.getoption("--task"))
+    if tasks is not None:
+        keep = [item for item in items if _task_of(item) in tasks]
+        drop = [item for item in items if _task_of(item) not in tasks]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
     if config._kata_gpu:  # type: ignore[attr-defined]
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none found); on CPU the kernels are "
@@ -185,27 +219,12 @@ def perf(request: pytest.FixtureRequest, device_peaks: Any, benchmark: Any) -> A
     return perf_mod.PerfChecker(request, device_peaks, benchmark)
 
 
-# -- Reporting: one line for a TODO, a timeout that says "hang", a kata summary --------
+
+
+# -- Reporting: TODO and IMPORT ERROR as outcomes of their own, compact failures --------
 def _task_of(item: pytest.Item) -> str | None:
     m = _TASK_CLASS.search(item.nodeid)
     return m.group(1) if m else None
-
-
-def _learner_frame(exc: BaseException, impl: Path) -> tuple[str, str]:
-    """(function name, file:line) of the deepest frame of the learner's module."""
-    func, where = "?", "?"
-    for frame in traceback.extract_tb(exc.__traceback__):
-        path = Path(frame.filename)
-        if path.parent.resolve() == impl.resolve():
-            func, where = frame.name, f"{_short(path)}:{frame.lineno}"
-    return func, where
-
-
-def _short(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException] | None) -> BaseException | None:
@@ -223,106 +242,146 @@ def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException] | None) -> Bas
     return None
 
 
+def _import_error(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | None:
+    value = getattr(excinfo, "value", None)
+    if isinstance(value, ImportError) and str(value).startswith("could not import"):
+        return str(value)
+    return None
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.config._kata_unselected.append(  # type: ignore[attr-defined]
+            (catalog.kata_of_path(item.path), _task_of(item)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config._kata_selected = [  # type: ignore[attr-defined]
+        (item.nodeid, catalog.kata_of_path(item.path), _task_of(item)) for item in session.items]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    compare.new_check()  # the interpreter hint looks only at this check's own launches
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    if call.when != "call" and not (call.when == "setup" and report.failed):
-        return report
-    number = catalog.kata_of_path(item.path)
-    task = _task_of(item)
-    kind = report.outcome
+    rep = yield
+    if not (call.when == "call" or (call.when == "setup" and (rep.failed or rep.skipped))):
+        return rep
     impl = item.config._kata_impl  # type: ignore[attr-defined]
-    todo_exc = _not_implemented(call.excinfo) if report.failed else None
+    number, task = catalog.kata_of_path(item.path), _task_of(item)
+    kind, message = rep.outcome, ""
+    todo_exc = _not_implemented(call.excinfo) if rep.failed else None
+    import_error = _import_error(call.excinfo) if rep.failed else None
     if todo_exc is not None:
         kind = "todo"
-        func, where = _learner_frame(todo_exc, impl)
+        func, where = report.learner_frame(todo_exc, impl)
+        rep._kata_todo = (func, where, task)  # type: ignore[attr-defined]
         readme = f"katas/{catalog.KATAS[number][0]}/README.md" if number else "the kata README"
-        section = f", Task {task}" if task else ""
-        report.longrepr = (f"TODO: {func}() is not implemented yet ({where}). "
-                           f"Read {readme}{section}.")
-        report._kata_todo = (func, where, task)  # type: ignore[attr-defined]
-    elif report.failed and call.excinfo is not None and call.excinfo.errisinstance(KataTimeout):
-        _, where = _learner_frame(call.excinfo.value, impl)
+        rep.longrepr = (f"TODO: {func}() is not implemented yet ({where}). Read {readme}"
+                        + (f", Task {task}." if task else "."))
+    elif import_error is not None:
+        kind, message = "import_error", import_error
+        rep._kata_import_error = True  # type: ignore[attr-defined]
+        rep.longrepr = f"IMPORT ERROR: {import_error}"
+    elif rep.failed and call.excinfo is not None and call.excinfo.errisinstance(KataTimeout):
+        _, where = report.learner_frame(call.excinfo.value, impl)
         at = f" It was at {where}." if where != "?" else ""
-        report.longrepr = (
+        rep.longrepr = (
             f"TIMEOUT: the check ran over {call.excinfo.value.limit:g}s and was stopped.{at} "
             "Your code probably hangs: a loop whose condition never changes, a wait on something "
             "that never comes, or a kernel launched over a far too large grid."
         )
         kind = "timeout"
-    elif report.failed and isinstance(getattr(call.excinfo, "value", None), ImportError) and \
-            "could not import" in str(call.excinfo.value):  # type: ignore[union-attr]
-        report.longrepr = f"IMPORT ERROR: {call.excinfo.value}"  # type: ignore[union-attr]
-        kind = "import_error"
+    elif rep.failed and call.excinfo is not None and item.config.option.tbstyle == "auto":
+        shown = item.config._kata_detailed  # type: ignore[attr-defined]
+        if shown < DETAILED_FAILURES or item.config.option.verbose > 0 or os.environ.get("KATA_REPORT"):
+            rep.longrepr = report.compact_failure(call.excinfo.value, Path(item.path), impl)
+            item.config._kata_detailed = shown + 1  # type: ignore[attr-defined]
+        else:  # the first few failures in full; later ones (often the same bug) in one line
+            rep.longrepr = (f"{report.one_line(call.excinfo.value)}\n  (details: add -v, or run "
+                            f"this check alone with -k {item.name.split('[')[0]})")
     item.config._kata_results.append(  # type: ignore[attr-defined]
         {"nodeid": item.nodeid, "kata": number, "task": task, "outcome": kind,
-         "todo": getattr(report, "_kata_todo", None)}
-    )
-    return report
+         "todo": getattr(rep, "_kata_todo", None), "message": message})
+    return rep
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    report.sections = [(title, _rewrite_section(text)) for title, text in report.sections]
+
+
+def _rewrite_section(text: str) -> str:
+    return report.rewrite_seed_note(text)
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """TODO and IMPORT ERROR are counted apart from failures: no FAILURES block, no FAILED
+    line, no seed block for them (the exit status still says the run did not pass)."""
+    if getattr(report, "_kata_todo", None):
+        return "todo", "t", "TODO"
+    if getattr(report, "_kata_import_error", False):
+        return "import error", "I", "IMPORT ERROR"
+    return None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
+    """The kata summary comes last, after pytest's own closing line."""
+    result = yield
+    config = session.config
+    tr = config.pluginmanager.get_plugin("terminalreporter")
     results = config._kata_results  # type: ignore[attr-defined]
-    skipped = defaultdict(int)
-    for rep in terminalreporter.stats.get("skipped", []):
-        number = catalog.kata_of_path(rep.nodeid.split("::")[0])
-        if number:
-            skipped[number] += 1
-    by_kata: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in results:
-        if r["kata"]:
-            by_kata[r["kata"]].append(r)
-    if not by_kata:
-        return
-    tr = terminalreporter
-    tr.section("kata summary")
+    ran = {r["nodeid"] for r in results}
+    unrun = list(config._kata_unselected)  # type: ignore[attr-defined]
+    unrun += [(kata, task) for nodeid, kata, task in config._kata_selected  # type: ignore[attr-defined]
+              if nodeid not in ran]
+    numbers = sorted({r["kata"] for r in results if r["kata"]} | {k for k, _ in unrun if k})
+    impl = config._kata_impl  # type: ignore[attr-defined]
     summary = {}
-    for number in sorted(by_kata):
-        rows = by_kata[number]
-        folder, module = catalog.KATAS[number]
-        passed = sum(r["outcome"] == "passed" for r in rows)
-        todo = [r for r in rows if r["outcome"] == "todo"]
-        failed = [r for r in rows if r["outcome"] not in ("passed", "todo", "skipped")]
-        total = len([r for r in rows if r["outcome"] != "skipped"])
-        line = f"kata {number} {module}: {passed} of {total} checks pass"
-        if skipped[number]:
-            line += f" ({skipped[number]} skipped: GPU only)"
-        tr.write_line(line, green=passed == total, yellow=0 < passed < total, red=passed == 0)
-        if failed and all(r["outcome"] == "import_error" for r in failed):
-            tr.write_line("  the module could not be imported: fix the IMPORT ERROR above first")
-        elif failed:
-            first = failed[0]
-            task = f"Task {first['task']}, " if first["task"] else ""
-            tr.write_line(f"  first real failure: {task}{first['nodeid']}")
-        if todo:
-            func, where, task = todo[0]["todo"]
-            task_text = f"Task {task}: " if task else ""
-            tr.write_line(f"  next to implement: {task_text}{func}() in {where} "
-                          f"(katas/{folder}/README.md)")
-        elif not failed and passed == total:
-            tr.write_line("  all checks pass. Hints and the reference solution: "
-                          f"katas/{folder}/README.md and reference/{module}.py")
-        summary[number] = {"passed": passed, "total": total, "todo": len(todo),
-                           "failed": len(failed), "skipped": skipped[number]}
+    if numbers and tr is not None:
+        tr.write_sep("=", "kata summary")
+    for number in numbers:
+        rows = [r for r in results if r["kata"] == number]
+        lines, tasks = report.kata_summary(number, rows, unrun, impl, bool(session.shouldstop))
+        if tr is not None:
+            for i, line in enumerate(lines):
+                passed_all = all(t.done or not t.ran for t in tasks.values())
+                tr.write_line(line, bold=i == 0, green=i == 0 and passed_all,
+                              red=i == 0 and not passed_all)
+        summary[number] = {"tasks": {k: t.counts() for k, t in tasks.items()},
+                           "passed": sum(t.passed for t in tasks.values()),
+                           "total": sum(t.ran for t in tasks.values()),
+                           "todo": sum(t.outcomes["todo"] for t in tasks.values()),
+                           "skipped": sum(t.outcomes["skipped"] for t in tasks.values())}
+        summary[number]["failed"] = (summary[number]["total"] - summary[number]["passed"]
+                                     - summary[number]["todo"])
     _save_progress(config, summary)
+    return result
 
 
 def _save_progress(config: pytest.Config, summary: dict[str, Any]) -> None:
-    """Write the run's results for the self-test (KATA_REPORT) and perf tiers for `status`."""
+    """The self-test reads KATA_REPORT; a learner's own runs go to the progress file."""
+    impl = config._kata_impl  # type: ignore[attr-defined]
+    report_path = os.environ.get("KATA_REPORT")
+    if report_path:
+        payload = {"impl": str(impl), "time": time.time(), "katas": summary,
+                   "results": config._kata_results}  # type: ignore[attr-defined]
+        Path(report_path).write_text(json.dumps(payload, indent=1))
+        return
+    if os.environ.get("KATA_NO_PROGRESS"):
+        return
+    for number, entry in summary.items():
+        module_file = impl / f"{catalog.KATAS[number][1]}.py"
+        mtime = module_file.stat().st_mtime if module_file.is_file() else 0.0
+        progress.record_run(impl, number, entry["tasks"], mtime, time.time())
     perf_cases = config._kata_perf  # type: ignore[attr-defined]
     if perf_cases:
         import torch
 
-        progress_path = catalog.ROOT / ".kata_progress.json"
-        progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
         for module in {c["module"] for c in perf_cases}:
-            progress.setdefault("perf", {})[module] = {
-                "gpu": torch.cuda.get_device_name(), "time": time.time(),
-                "impl": str(config._kata_impl),  # type: ignore[attr-defined]
-                "cases": [c for c in perf_cases if c["module"] == module]}
-        progress_path.write_text(json.dumps(progress, indent=1))
-    report_path = os.environ.get("KATA_REPORT")
-    payload = {"impl": str(config._kata_impl), "time": time.time(),  # type: ignore[attr-defined]
-               "katas": summary, "results": config._kata_results}  # type: ignore[attr-defined]
-    if report_path:
-        Path(report_path).write_text(json.dumps(payload, indent=1))
+            progress.record_perf(module, {
+                "gpu": torch.cuda.get_device_name(), "time": time.time(), "impl": str(impl),
+                "cases": [c for c in perf_cases if c["module"] == module]})

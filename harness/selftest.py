@@ -2,29 +2,31 @@
 stubs, and catches every one of its planted bugs (mutants). CI runs this.
 
     python -m harness selftest [--kata 03 ...] [-j 2]
+
+Each check is a pytest session in a child forked from one parent that imported torch and
+triton once (harness/workers.py); a timing table, slowest kata first, ends the run.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.katas import KATAS, KATAS_DIR, ROOT, built_katas
 from harness.mutants import Mutant
+from harness.workers import Outcome, Session, run_jobs
 
 SCRATCH_ROOT = ROOT / ".selftest"
 SCRATCH = SCRATCH_ROOT  # this run's own folder, set in main() (runs may overlap)
 MIN_MUTANTS = {"04": 8, "05": 8}  # the default is 6
-RUN_TIMEOUT_S = 900
+SUITE_BUDGET_S = 1200  # all sixteen katas, 2 cores, idle machine
+KATA_SHARE_S = SUITE_BUDGET_S / 16  # one kata's share of the wall-clock budget
 
 
 @dataclass
@@ -34,6 +36,12 @@ class Check:
     passed: bool = False
     detail: str = ""
     seconds: float = 0.0
+
+
+def _no_run(check: Check):  # type: ignore[no-untyped-def]
+    """A job that needs no pytest session (its verdict is known up front)."""
+    return check
+    yield  # noqa: unreachable - makes this a generator
 
 
 def load_mutants(number: str) -> list[Mutant]:
@@ -47,57 +55,44 @@ def load_mutants(number: str) -> list[Mutant]:
     return list(module.MUTANTS)
 
 
-def run_pytest(target: str, impl: str | Path, report: Path, extra: list[str]) -> tuple[int, str, dict]:
-    """Run pytest in a fresh process; returns (exit code, output, the plugin's JSON report)."""
-    env = dict(os.environ, HYPOTHESIS_PROFILE="ci", KATA_REPORT=str(report), PYTHONUNBUFFERED="1")
-    env.pop("KATA_IMPL", None)
-    cmd = [sys.executable, "-m", "pytest", target, "--impl", str(impl), "-q", "-p", "no:cacheprovider",
-           "--benchmark-disable", *extra]
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=RUN_TIMEOUT_S)
-        code, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, out = -1, f"timed out after {RUN_TIMEOUT_S} s\n{exc.stdout or ''}"
-    data = json.loads(report.read_text()) if report.is_file() else {}
-    return code, out, data
+def _session(name: str, target: str, impl: str | Path, extra: list[str] | None = None) -> Session:
+    return Session(target=target, impl=str(impl), log=SCRATCH / "logs" / f"{name}.log",
+                   extra=list(extra or []))
 
 
-def _log(check: Check, out: str) -> str:
-    path = SCRATCH / "logs" / f"{check.kata}_{check.name.replace(':', '_')}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(out)
-    return str(path.relative_to(ROOT))
+def _log(outcome: Outcome, session: Session) -> str:
+    """Keep the log of a failed check (the scratch folder is removed after a green run)."""
+    return str(session.log.relative_to(ROOT))
 
 
-def check_reference(number: str) -> Check:
+def check_reference(number: str):  # type: ignore[no-untyped-def]
     check = Check(number, "reference")
-    code, out, data = run_pytest(f"katas/{KATAS[number][0]}", "reference",
-                                 SCRATCH / f"{number}_reference.json", [])
-    summary = data.get("katas", {}).get(number, {})
-    check.passed = code == 0 and summary.get("passed", 0) > 0
+    session = _session(f"{number}_reference", f"katas/{KATAS[number][0]}", "reference")
+    out: Outcome = yield session
+    summary = out.data.get("katas", {}).get(number, {})
+    check.passed = out.code == 0 and summary.get("passed", 0) > 0
     check.detail = (f"{summary.get('passed', 0)} checks pass" if check.passed
-                    else f"exit {code}; log {_log(check, out)}")
+                    else f"exit {out.code}; log {_log(out, session)}")
     return check
 
 
-def check_stubs(number: str) -> Check:
+def check_stubs(number: str):  # type: ignore[no-untyped-def]
     check = Check(number, "stubs")
-    code, out, data = run_pytest(f"katas/{KATAS[number][0]}", "stubs",
-                                 SCRATCH / f"{number}_stubs.json", [])
-    results = [r for r in data.get("results", []) if r["outcome"] != "skipped"]
+    session = _session(f"{number}_stubs", f"katas/{KATAS[number][0]}", "stubs")
+    out: Outcome = yield session
+    results = [r for r in out.data.get("results", []) if r["outcome"] != "skipped"]
     unclean = [r["nodeid"] for r in results if r["outcome"] not in ("todo", "passed")]
     todo = sum(r["outcome"] == "todo" for r in results)
-    check.passed = code == 1 and todo > 0 and not unclean
+    check.passed = out.code == 1 and todo > 0 and not unclean
     if check.passed:
         check.detail = f"{todo} TODO lines, no tracebacks"
     else:
-        why = f"not a TODO line: {unclean[0]}" if unclean else f"exit {code}"
-        check.detail = f"{why}; log {_log(check, out)}"
+        why = f"not a TODO line: {unclean[0]}" if unclean else f"exit {out.code}"
+        check.detail = f"{why}; log {_log(out, session)}"
     return check
 
 
-def check_mutant(number: str, mutant: Mutant) -> Check:
+def check_mutant(number: str, mutant: Mutant):  # type: ignore[no-untyped-def]
     check = Check(number, f"mutant:{mutant.name}")
     module = KATAS[number][1]
     folder = SCRATCH / number / mutant.name
@@ -108,29 +103,54 @@ def check_mutant(number: str, mutant: Mutant) -> Check:
         check.detail = str(exc)
         return check
     (folder / f"{module}.py").write_text(source)
-    target, report = f"katas/{KATAS[number][0]}", SCRATCH / f"{number}_{mutant.name}.json"
-    code, out, data = run_pytest(target, folder, report, ["-x"])
-    if code == 1 and mutant.expect and mutant.expect not in out:
+    target = f"katas/{KATAS[number][0]}"
+    session = _session(f"{number}_{mutant.name}", target, folder, ["-x"])
+    out: Outcome = yield session
+    if out.code == 1 and mutant.expect and mutant.expect not in out.output:
         # The hint may come from a later test than the first failure: run them all.
-        code, out, data = run_pytest(target, folder, report, [])
-    caught = [r["nodeid"] for r in data.get("results", []) if r["outcome"] in ("failed", "timeout")]
-    if code != 1 or not caught:
-        check.detail = f"NOT caught (exit {code}): {mutant.bug}; log {_log(check, out)}"
-    elif mutant.expect and mutant.expect not in out:
-        check.detail = f"caught, but no failure says {mutant.expect!r}; log {_log(check, out)}"
+        session = _session(f"{number}_{mutant.name}_all", target, folder)
+        out = yield session
+    caught = [r["nodeid"] for r in out.data.get("results", []) if r["outcome"] in ("failed", "timeout")]
+    if out.code != 1 or not caught:
+        check.detail = f"NOT caught (exit {out.code}): {mutant.bug}; log {_log(out, session)}"
+    elif mutant.expect and mutant.expect not in out.output:
+        check.detail = f"caught, but no failure says {mutant.expect!r}; log {_log(out, session)}"
     else:
         check.passed = True
         check.detail = f"caught by {caught[0].split('::', 1)[-1]}"
     return check
 
 
-def check_harness() -> Check:
+def check_harness():  # type: ignore[no-untyped-def]
     check = Check("--", "harness")
-    code, out, _ = run_pytest("tests", "reference", SCRATCH / "harness.json", [])
-    check.passed = code == 0
-    last = out.strip().splitlines()[-1] if out.strip() else ""
-    check.detail = last if check.passed else f"exit {code}; log {_log(check, out)}"
+    session = _session("harness", "tests", "reference")
+    out: Outcome = yield session
+    check.passed = out.code == 0
+    last = out.output.strip().splitlines()[-1] if out.output.strip() else ""
+    check.detail = last if check.passed else f"exit {out.code}; log {_log(out, session)}"
     return check
+
+
+def timing_table(results: list[Check], numbers: list[str], workers: int, wall: float) -> list[str]:
+    """Per kata: the sessions' seconds, and its wall-clock share; slowest first."""
+    per_kata = {n: sum(c.seconds for c in results if c.kata == n) for n in [*numbers, "--"]}
+    lines = ["", f"{'kata':<26}{'checks':>7}{'cpu-s':>8}{'~wall-s':>9}  (share: {KATA_SHARE_S:.0f} s)"]
+    warnings = []
+    for number, seconds in sorted(per_kata.items(), key=lambda kv: -kv[1]):
+        name = "harness tests" if number == "--" else f"{number} {KATAS[number][1]}"
+        count = sum(c.kata == number for c in results)
+        share = seconds / workers
+        lines.append(f"{name:<26}{count:>7}{seconds:>8.0f}{share:>9.0f}")
+        if number != "--" and share > KATA_SHARE_S:
+            warnings.append(f"warning: kata {name} takes ~{share:.0f} s of wall time, over its "
+                            f"share of the budget ({KATA_SHARE_S:.0f} s = {SUITE_BUDGET_S // 60} min "
+                            f"/ {len(KATAS)} katas): shrink its interpreter-bound shapes")
+    budget = KATA_SHARE_S * len(numbers) + 30
+    lines.append(f"{'total':<26}{len(results):>7}{sum(per_kata.values()):>8.0f}{wall:>9.0f}"
+                 f"  wall, {workers} workers (budget for {len(numbers)} katas: {budget:.0f} s)")
+    if wall > budget:
+        warnings.append(f"warning: the self-test took {wall:.0f} s, over its budget of {budget:.0f} s")
+    return lines + warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,25 +171,23 @@ def main(argv: list[str] | None = None) -> int:
         mutants = load_mutants(number)
         needed = MIN_MUTANTS.get(number, 6)
         if len(mutants) < needed:
-            jobs.append(lambda n=number, k=len(mutants), w=needed: Check(
-                n, "mutants", False, f"only {k} mutants; a kata ships at least {w}"))
+            jobs.append(lambda n=number, k=len(mutants), w=needed: _no_run(Check(
+                n, "mutants", False, f"only {k} mutants; a kata ships at least {w}")))
         jobs += [lambda n=number, m=m: check_mutant(n, m) for m in mutants]
 
-    def timed(job):  # type: ignore[no-untyped-def]
-        start = time.monotonic()
-        check = job()
-        check.seconds = time.monotonic() - start
-        return check
-
     start = time.monotonic()
-    print(f"self-test: {len(jobs)} checks on {len(numbers)} katas, {args.jobs} at a time", flush=True)
-    results = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for check in pool.map(timed, jobs):
-            mark = "ok  " if check.passed else "FAIL"
-            print(f"  {mark} {check.kata} {check.name:<40} {check.seconds:6.1f}s  {check.detail}",
-                  flush=True)
-            results.append(check)
+    print(f"self-test: {len(jobs)} checks on {len(numbers)} katas, {args.jobs} workers", flush=True)
+    results: list[Check] = []
+
+    def done(check: Check, seconds: float) -> None:
+        check.seconds = seconds
+        mark = "ok  " if check.passed else "FAIL"
+        print(f"  {mark} {check.kata} {check.name:<40} {check.seconds:6.1f}s  {check.detail}",
+              flush=True)
+        results.append(check)
+
+    run_jobs(jobs, args.jobs, done)
+    wall = time.monotonic() - start
     failed = [c for c in results if not c.passed]
     print(f"\n{'kata':<6}{'reference':<12}{'stubs':<8}{'mutants caught':<16}")
     for number in numbers:
@@ -180,12 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{number:<6}{'pass' if ref and ref.passed else 'FAIL':<12}"
               f"{'clean' if stub and stub.passed else 'FAIL':<8}"
               f"{sum(c.passed for c in muts)}/{len(muts)}")
+    print("\n".join(timing_table(results, numbers, args.jobs, wall)))
     if failed:
-        print(f"(took {time.monotonic() - start:.0f} s; logs of the failures under "
-              f"{SCRATCH.relative_to(ROOT)}/logs/)")
+        print(f"logs of the failures under {SCRATCH.relative_to(ROOT)}/logs/")
     else:
         shutil.rmtree(SCRATCH, ignore_errors=True)
-        print(f"(took {time.monotonic() - start:.0f} s)")
     print(f"selftest: {len(results) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
