@@ -1,4 +1,4 @@
-"""Command line: `python -m harness check NN | selftest | status` (also `python kata.py ...`)."""
+"""Command line: `python kata.py COMMAND` (also `python -m harness COMMAND`, or `katas COMMAND`)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,12 +6,20 @@ import sys
 
 from harness.katas import KATAS, ROOT
 
-USAGE = """usage: python kata.py COMMAND
+USAGE = """usage: python kata.py COMMAND [--help]
 
-  check NN [pytest args]   run kata NN's checks on your stubs (same as: pytest katas/NN)
-  selftest [--kata NN]     the suite's self-test: reference passes, stubs fail cleanly,
-                           every planted bug is caught
-  status [--impl PATH]     every kata with its state
+  check NN [--task N] [pytest args]   run kata NN's checks on your stubs
+                                      (the same as: pytest katas/NN --task N)
+  status [--impl PATH] [--run]        every kata, task by task, from your last runs
+  selftest [--kata NN] [-j N]         the suite's self-test: reference passes, stubs fail
+                                      cleanly, every planted bug is caught
+"""
+
+CHECK_USAGE = """usage: python kata.py check NN [--task N[,M]] [pytest args ...]
+
+Runs kata NN's checks against your stubs (stubs/<module>.py), exactly as
+`pytest katas/NN` does; --task N runs only the checks of Task N of the kata's README.
+Any other argument goes to pytest: --impl reference, -x, -k NAME, --tb=long, -m gpu.
 """
 
 
@@ -22,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command == "check":
+        if rest and rest[0] in ("-h", "--help"):
+            print(CHECK_USAGE)
+            return 0
         if not rest or rest[0].zfill(2) not in KATAS:
-            print("usage: python kata.py check NN   (NN = kata number, e.g. 03)")
+            print(CHECK_USAGE)
             return 2
         target = f"katas/{rest[0].zfill(2)}"
         return subprocess.call([sys.executable, "-m", "pytest", target, *rest[1:]], cwd=ROOT)
@@ -35,5 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         from harness import status
 
         return status.main(rest)
+    print(f"unknown command {command!r}\n")
     print(USAGE)
     return 2

@@ -345,7 +345,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
         tr.write_sep("=", "kata summary")
     for number in numbers:
         rows = [r for r in results if r["kata"] == number]
-        lines, tasks = report.kata_summary(number, rows, unrun, impl, bool(session.shouldstop))
+        lines, tasks = report.kata_summary(number, rows, unrun, impl, bool(session.shouldstop or session.shouldfail))
         if tr is not None:
             for i, line in enumerate(lines):
                 passed_all = all(t.done or not t.ran for t in tasks.values())

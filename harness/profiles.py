@@ -33,11 +33,15 @@ def register() -> None:
     """Register and load the profiles (called once by the plugin)."""
     from hypothesis import HealthCheck, Phase, settings
 
+    from harness.katas import ROOT
+
     profile = active_profile()
-    if profile == "ci" and "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
-        # No database in ci, and nothing else of hypothesis's belongs in the learner's tree.
-        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = os.path.join(tempfile.gettempdir(),
-                                                                  "inference-katas-hypothesis")
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        # ci keeps no database, so nothing of hypothesis's belongs in the learner's tree; the
+        # other profiles replay failures from ROOT/.hypothesis (ignored by git), whatever the cwd.
+        where = (os.path.join(tempfile.gettempdir(), "inference-katas-hypothesis")
+                 if profile == "ci" else str(ROOT / ".hypothesis"))
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = where
     # No "explain" phase: its coverage notes point into the harness, not at the bug.
     # print_blob=False: no "@reproduce_failure" line, which asks the learner to edit a test.
     phases = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)

@@ -155,7 +155,7 @@ def _task_line(task: str, title: str, t: TaskTally) -> str:
         state = f"not run here ({t.not_run} checks)"
     elif t.outcomes["todo"] == t.ran:
         func, where = t.todo or ("?", "?")
-        state = f"TODO ({t.ran} checks): {func}() in {where}"
+        state = f"TODO ({t.ran} check{'s' if t.ran != 1 else ''}): {func}() in {where}"
     elif t.passed == t.ran:
         state = f"done ({t.passed} checks)"
     else:

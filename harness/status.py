@@ -1,66 +1,114 @@
-"""`python -m harness status`: every kata with its state for the implementation under test.
+"""`python kata.py status`: every kata's state, task by task, from the last recorded runs.
 
-Runs each built kata's tests once (quick hypothesis profile) and prints
-not started / in progress (k of n) / done, plus the perf tier last reached on a GPU.
+It answers at once from `.kata_progress.json` (which every `pytest katas/NN` run updates);
+`--run` re-runs the checks of every kata first (quick profile), which takes a while.
 """
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
+from typing import Any
 
-from harness.katas import KATAS, ROOT, built_katas
+from harness import progress
+from harness.impl import resolve_impl_dir
+from harness.katas import KATAS, ROOT, built_katas, task_titles
 
-PROGRESS = ROOT / ".kata_progress.json"  # written by the plugin after perf tests run
+TIER_ORDER = ["none", "bronze", "silver", "gold"]
 
 
-def perf_tiers() -> dict[str, str]:
-    """module -> 'gold on NVIDIA H100 ...': the lowest tier over the module's last perf cases."""
-    if not PROGRESS.is_file():
-        return {}
-    data = json.loads(PROGRESS.read_text())
-    order = ["none", "bronze", "silver", "gold"]
-    out = {}
-    for module, entry in data.get("perf", {}).items():
-        tiers = [case["tier"] for case in entry["cases"]]
-        worst = min(tiers, key=lambda t: order.index(t) if t in order else 0)
-        out[module] = f"perf {worst} on {entry['gpu']}"
-    return out
+def perf_tier(data: dict[str, Any], module: str) -> str:
+    """'perf gold on NVIDIA H100 ...': the lowest tier over the module's last perf cases."""
+    entry = data.get("perf", {}).get(module)
+    if not entry or not entry.get("cases"):
+        return ""
+    tiers = [case.get("tier", "none") for case in entry["cases"]]
+    worst = min(tiers, key=lambda t: TIER_ORDER.index(t) if t in TIER_ORDER else 0)
+    return f"perf {worst} on {entry['gpu']}"
+
+
+def kata_state(number: str, impl_runs: dict[str, Any], impl: Any) -> tuple[str, str]:
+    """(state, next step) of one kata for the implementation folder `impl`."""
+    folder, module = KATAS[number]
+    module_file = impl / f"{module}.py"
+    if not module_file.is_file():
+        return f"no module here ({module}.py is not in {impl})", ""
+    entry = impl_runs.get(number)
+    if not entry:
+        return "not run yet", f"pytest katas/{number}"
+    titles = task_titles(number)
+    tasks = entry.get("tasks", {})
+    done, todo_next, gpu_only = [], None, []
+    for task in titles or sorted(tasks):
+        counts = tasks.get(task)
+        if counts is None or counts.get("not_run") and not counts.get("passed"):
+            todo_next = todo_next or task
+            continue
+        ran = counts["passed"] + counts["failed"] + counts["todo"]
+        if ran and counts["passed"] == ran and not counts.get("not_run"):
+            done.append(task)
+            if counts.get("skipped"):
+                gpu_only.append(task)
+        elif ran == 0 and counts.get("skipped"):
+            gpu_only.append(task)
+        else:
+            todo_next = todo_next or task
+    total = len(titles or tasks)
+    if not any(c.get("passed") or c.get("failed") for c in tasks.values()):
+        state = f"not started (0 of {total} tasks)"
+    elif todo_next is None:
+        state = "done" + (" on CPU" if gpu_only else "") + f" ({total} of {total} tasks)"
+    else:
+        state = f"in progress ({len(done)} of {total} tasks done)"
+    if module_file.stat().st_mtime > entry.get("file_mtime", 0) + 1e-6:
+        state += ", edited since the last run"
+    if todo_next is not None:
+        title = titles.get(todo_next, "")
+        step = f"Task {todo_next}" + (f" ({title})" if title else "") + f": pytest katas/{number} --task {todo_next}"
+    elif gpu_only:
+        step = f"speed needs a GPU: pytest katas/{number} -m gpu"
+    else:
+        step = ""
+    return state, step
+
+
+def rerun(impl: str, numbers: list[str]) -> None:
+    env = dict(os.environ, HYPOTHESIS_PROFILE="learner")
+    env.pop("KATA_REPORT", None)
+    print(f"running the checks of {len(numbers)} katas against {impl} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "pytest", *[f"katas/{KATAS[n][0]}" for n in numbers],
+                    "--impl", impl, "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+                    "--tb=no"], cwd=ROOT, env=env, capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(argv or [])
-    impl = os.environ.get("KATA_IMPL", "stubs")
-    if "--impl" in argv:
-        impl = argv[argv.index("--impl") + 1]
+    parser = argparse.ArgumentParser(prog="python kata.py status", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", default=os.environ.get("KATA_IMPL", "stubs"),
+                        help="whose modules: stubs (default), reference, or a folder")
+    parser.add_argument("--run", action="store_true",
+                        help="re-run every kata's checks first instead of reading the last runs")
+    args = parser.parse_args(argv)
+    try:
+        impl = resolve_impl_dir(args.impl)
+    except NotADirectoryError as exc:
+        print(f"status: {exc}")
+        return 2
     numbers = built_katas()
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        env = dict(os.environ, KATA_REPORT=str(report), HYPOTHESIS_PROFILE="learner")
-        print(f"running the checks of {len(numbers)} katas against {impl} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pytest", *[f"katas/{KATAS[n][0]}" for n in numbers],
-                        "--impl", impl, "-q", "-p", "no:cacheprovider", "--benchmark-disable",
-                        "--no-header", "--tb=no"], cwd=ROOT, env=env, capture_output=True)
-        summary = json.loads(report.read_text())["katas"] if report.is_file() else {}
-    tiers = perf_tiers()
-    print(f"\n{'kata':<24}state")
+    if args.run:
+        rerun(str(impl), numbers)
+    data = progress.load()
+    impl_runs = data.get("runs", {}).get(str(impl), {})
+    print(f"katas for {impl} (from the last runs; --run re-runs them)\n")
+    print(f"{'kata':<24}{'state':<44}next")
     for number, (folder, module) in KATAS.items():
         if number not in numbers:
-            state = "coming"
-        elif number not in summary:
-            state = "could not run (collection error?): try pytest katas/" + number
-        else:
-            s = summary[number]
-            if s["passed"] == s["total"]:
-                state = "done"
-            elif s["passed"] == 0:
-                state = "not started" if s["todo"] else f"in progress (0 of {s['total']} passing)"
-            else:
-                state = f"in progress ({s['passed']} of {s['total']} passing)"
-            if module in tiers:
-                state += f", {tiers[module]}"
-        print(f"{folder:<24}{state}")
+            print(f"{folder:<24}coming")
+            continue
+        state, step = kata_state(number, impl_runs, impl)
+        tier = perf_tier(data, module) if impl_runs.get(number) else ""
+        if tier:
+            state += f", {tier}"
+        print(f"{folder:<24}{state:<44}{step}")
     return 0
