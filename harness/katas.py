@@ -1,4 +1,4 @@
-"""The curriculum (shared/KATAS.md): kata number -> folder and module name."""
+"""The curriculum (docs/CONTRACT.md): kata number -> folder and module name."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -160,3 +160,36 @@ def test_assert_close_matches_infinity_only_exactly() -> None:
         assert_close(torch.tensor([0.0, 1.0]), expected)  # 0 is not close to -inf
     with pytest.raises(AssertionError):
         assert_close(torch.tensor([float("inf"), 1.0]), expected)
+
+
+CONTRACT = ROOT / "docs" / "CONTRACT.md"
+
+
+def _contract_section(module: str) -> str:
+    text = CONTRACT.read_text()
+    start = text.find(f"\n### {module}\n")
+    assert start >= 0, f"docs/CONTRACT.md has no '### {module}' section"
+    end = text.find("\n### ", start + 1)
+    return text[start: end if end > 0 else None]
+
+
+@pytest.mark.parametrize("number", built_katas())
+def test_readme_api_agrees_with_the_contract(number: str) -> None:
+    """Every function and class the contract names for a kata appears in its README."""
+    folder, module = KATAS[number]
+    names = set(re.findall(r"`(?:\w+\.)?(\w+)\(", _contract_section(module)))
+    readme = (KATAS_DIR / folder / "README.md").read_text()
+    missing = sorted(n for n in names if n not in readme)
+    assert not missing, f"katas/{folder}/README.md never names {missing} from docs/CONTRACT.md"
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    """Learners have only this repository: no link to the maintainers' ../shared folder."""
+    offenders = []
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *KATAS_DIR.glob("*/*.md"),
+                 *KATAS_DIR.glob("*/*.py"), *(ROOT / "harness").glob("*.py"),
+                 *(ROOT / "stubs").glob("*.py"), *(ROOT / "reference").glob("*.py")]:
+        text = path.read_text()
+        if "../shared" in text or "shared/KATAS" in text:
+            offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, f"these files point outside the repository: {offenders}"
