@@ -147,7 +147,9 @@ def tally(results: list[dict[str, Any]], unrun: list[tuple[str | None, str | Non
 
 def _task_line(task: str, title: str, t: TaskTally) -> str:
     name = f"Task {task}" if task else "other checks"
-    label = f"{name} {title}"[:48]
+    label = f"{name} {title}"
+    if len(label) > 46:
+        label = label[:45] + "…"
     gpu = t.outcomes["skipped"]
     if t.ran == 0 and gpu and not t.not_run:
         state = f"needs a GPU ({gpu} checks skipped here)"
@@ -169,7 +171,7 @@ def _task_line(task: str, title: str, t: TaskTally) -> str:
         state += f" (+{gpu} GPU-only skipped)"
     if t.ran and t.not_run:
         state += f" (+{t.not_run} not run)"
-    return f"  {label:<48} {state}"
+    return f"  {label:<47} {state}"
 
 
 def kata_summary(number: str, results: list[dict[str, Any]],
