@@ -330,14 +330,14 @@ class FreshInputs:
 
 
 def check_outputs(results: list[tuple[int, tuple, Any]], check: Callable[[tuple, Any], Any],
-                  who: str) -> None:
+                  who: str, what: str = "timed call") -> None:
     """Check every (index, args, out) of a batch: plain tensors, own memory, check() passes."""
     owner: dict[tuple[int, int], int] = {}
     for k, (i, args, out) in enumerate(results):
         for t in _tensors(out):
             if type(t) is not torch.Tensor:
                 raise PerfGuardError(
-                    f"{who} returned a {type(t).__name__} (a tensor subclass) for timed call {k + 1}: "
+                    f"{who} returned a {type(t).__name__} (a tensor subclass) for {what} {k + 1}: "
                     "timed functions must return plain torch.Tensor results")
             if t.numel() == 0:
                 continue
@@ -353,14 +353,14 @@ def check_outputs(results: list[tuple[int, tuple, Any]], check: Callable[[tuple,
             ok = check(args, out)
         except Exception as exc:  # noqa: BLE001 - any failure of the check is a wrong result
             raise PerfGuardError(
-                f"{who}: timed call {k + 1} of its batch (inputs make_inputs({i})) returned a wrong "
+                f"{who}: {what} {k + 1} (inputs make_inputs({i})) returned a wrong "
                 f"result: {type(exc).__name__}: {exc}\n  Every timed call gets inputs it has never "
                 "seen and its output is checked after the batch: a result cached from another "
                 "input, work skipped, deferred to a later call or left unfinished fails here."
             ) from exc
         if ok is False:
             raise PerfGuardError(
-                f"{who}: timed call {k + 1} of its batch (inputs make_inputs({i})) returned a wrong "
+                f"{who}: {what} {k + 1} (inputs make_inputs({i})) returned a wrong "
                 "result (check returned False)")
 
 
@@ -394,7 +394,7 @@ def time_calls(device: Device, fn: Callable[..., Any], inputs: Callable[[], tupl
         out = fn(*args)
         device.synchronize()
         if check is not None:
-            check_outputs([(i, args, out)], check, who)
+            check_outputs([(i, args, out)], check, who, "warm-up call")
         del out
     verify_timer(f"after {who} ran its warm-up")
     overhead = flush_overhead_ms(device, plan)
@@ -427,7 +427,8 @@ def time_calls(device: Device, fn: Callable[..., Any], inputs: Callable[[], tupl
                 f"({', '.join(t.name for t in stray)}): work left running outside the timed "
                 "region is not allowed; finish the work before returning")
         if check is not None:
-            check_outputs([(i, args, out) for (i, args), out in zip(batch, outs)], check, who)
+            check_outputs([(i, args, out) for (i, args), out in zip(batch, outs)], check, who,
+                          "timed call")
         event_means.append(sum(device.elapsed_ms(s, e) for s, e in evs) / len(evs))
         walls.append((t1 - t0) * 1e3 / len(batch) - overhead)
         del batch, outs
@@ -634,7 +635,7 @@ class PerfChecker:
 
         def setup() -> tuple[tuple, dict]:
             if pending:
-                check_outputs(pending, check, "yours (benchmark record)")
+                check_outputs(pending, check, "yours", "benchmark-record call")
                 pending.clear()
             current["i"], args = next_inputs()
             current["args"] = args
@@ -647,7 +648,7 @@ class PerfChecker:
 
         self.benchmark.pedantic(target, setup=setup, rounds=self.plan.bench_rounds, warmup_rounds=1)
         if pending:
-            check_outputs(pending, check, "yours (benchmark record)")
+            check_outputs(pending, check, "yours", "benchmark-record call")
         verify_timer("after the benchmark record")
 
     def check(self, module: str, target: str, m: Measurement) -> str:

@@ -250,7 +250,7 @@ def test_the_harness_times_with_its_own_clock_even_while_a_patch_is_in_place(res
 @pytest.mark.parametrize("trick", ["batch_and_skip", "deferred", "cached"])
 def test_skipped_deferred_or_cached_work_fails_on_the_output_check(targets, sim, trick):
     module = load_trick(trick)
-    with pytest.raises(PerfGuardError, match="returned a wrong result"):
+    with pytest.raises(PerfGuardError, match="timed call .* returned a wrong result"):
         run_check(checker(targets, sim), module.softmax)
 
 
@@ -259,7 +259,8 @@ def test_these_tricks_are_real_on_a_fixed_input_and_the_guard_removes_them(targe
     """On one fixed tensor (a naive timer) the trick beats torch 4:1; the guard fails it."""
     x = cpu_inputs(0)[0]
     module = load_trick(trick)
-    assert naive_ms(sim, lambda: module.softmax(x)) <= naive_ms(sim, lambda: torch.softmax(x, -1)) / 4
+    fooled = naive_ms(sim, lambda: module.softmax(x), rep=25)
+    assert fooled <= naive_ms(sim, lambda: torch.softmax(x, -1)) / 4
     with pytest.raises(PerfGuardError, match="returned a wrong result"):
         run_check(checker(targets, sim), load_trick(trick).softmax)
 
