@@ -1,5 +1,6 @@
 """Planted bugs for kata 05: each is a classic FlashAttention mistake the tests must catch.
-Where `expect` is set, the failing output must contain that phrase of a diagnostic hint."""
+Where `expect` is set, the failing output must contain that phrase of a diagnostic hint: the
+first check to fail (the self-test runs with -x) must be the probe that names the bug."""
 from harness import Mutant
 
 MUTANTS: list[Mutant] = [
@@ -61,7 +62,8 @@ MUTANTS: list[Mutant] = [
            replace="", expect="look at the strides"),
     Mutant("out_uses_q_strides", "stores out with q's strides",
            find="out.stride(0), out.stride(1), out.stride(2),",
-           replace="q.stride(0), q.stride(1), q.stride(2),"),  # no expect: a full run writes out of bounds
+           replace="q.stride(0), q.stride(1), q.stride(2),",
+           expect="look at the strides"),  # q transposed comes first: in bounds
     Mutant("k_row_stride_from_q", "walks the keys with q's row stride",
            find="k.stride(0), k.stride(1), k.stride(2),",
            replace="k.stride(0), k.stride(1), q.stride(2),", expect="look at the strides"),
@@ -120,5 +122,32 @@ MUTANTS: list[Mutant] = [
     Mutant("batch_not_checked", "does not check q's batch size against k/v's",
            find=" or k.shape[0] != B", replace="", expect="batch size"),
     Mutant("v_shape_not_checked", "checks k's shape against q but not v's",
-           find="if k.shape != v.shape or ", replace="if ", expect="as well as k's"),
+           find="if k.shape != v.shape or ", replace="if ", expect="against both k and v"),
+    # Shortcuts (red team): a torch fallback, a single tile, one length, skipped loops.
+    Mutant("torch_fallback", "computes attention with torch ops instead of a Triton kernel",
+           find="    fast = _hopper_path(q, k, v, qk_scale)\n",
+           replace="""    kr = k.repeat_interleave(Hq // Hkv, dim=1).float()
+    vr = v.repeat_interleave(Hq // Hkv, dim=1).float()
+    sc = (q.float() @ kr.transpose(-1, -2)) * (D**-0.5 if scale is None else scale)
+    if causal:
+        seen_by = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).tril(Sk - Sq)
+        sc = sc.masked_fill(~seen_by, float("-inf"))
+    lse = torch.logsumexp(sc, dim=-1)
+    return (torch.exp(sc - lse[..., None]).nan_to_num(0.0) @ vr).to(q.dtype), lse
+    fast = _hopper_path(q, k, v, qk_scale)
+""", expect="launched no Triton kernel"),
+    Mutant("only_first_key_tile", "visits only the first key tile (a single tile assumed)",
+           find="        full_hi = Sk // BLOCK_N * BLOCK_N\n        hi = Sk\n",
+           replace="        full_hi = 0\n        hi = tl.minimum(Sk, BLOCK_N)\n",
+           expect="the loop over key tiles stops"),
+    Mutant("keys_bounded_by_sq", "passes Sq as the key length too (assumes Sq == Sk)",
+           find="Hq, Hq // Hkv, Sq, Sk, qk_scale,", replace="Hq, Hq // Hkv, Sq, Sq, qk_scale,",
+           expect="bounded by the number of queries"),  # with -x it stops before Sq > Sk reads past k
+    Mutant("unmasked_loop_skipped", "never runs the unmasked loop over the whole key tiles",
+           find="offs_m, offs_d, 0, full_hi, Sk, diag, qk_scale,",
+           replace="offs_m, offs_d, full_hi, full_hi, Sk, diag, qk_scale,",
+           expect="some key tiles are skipped"),
+    Mutant("lse_zero_when_row_sees_nothing", "writes lse = 0 (not -inf) for a query that sees no key",
+           find='                   float("-inf"))  # back to natural log',
+           replace="                   0.0)  # back to natural log", expect="see no key"),
 ]

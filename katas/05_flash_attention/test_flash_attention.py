@@ -120,10 +120,28 @@ def check_no_key_rows(out, lse, s: Shapes, causal: bool, what: str, inputs: dict
     raise AssertionError(
         f"{what}: the first Sq - Sk = {n} queries see no key; {int(bad_out.sum())} of their out "
         f"rows are not all zeros and {int(bad_lse.sum())} of their lse values are not -inf "
-        f"(first: (b, h, i) = {idx}, {got})\n  inputs: "
-        + ", ".join(f"{k} {tuple(t.shape)} {dname(t.dtype)}" if isinstance(t, torch.Tensor)
-                    else f"{k}={t!r}" for k, t in inputs.items())
-        + f"\n  hint: {NO_KEY}")
+        f"(first: (b, h, i) = {idx}, {got})\n  inputs: {describe_inputs(inputs)}"
+        f"\n  hint: {NO_KEY}")
+
+
+def describe_inputs(inputs: dict) -> str:
+    return ", ".join(f"{k} {tuple(t.shape)} {dname(t.dtype)}" if isinstance(t, torch.Tensor)
+                     else f"{k}={t!r}" for k, t in inputs.items())
+
+
+def no_nan(actual, expected, *, what: str, inputs: dict, hint: str) -> None:
+    """NaN or inf where the expected value is finite, reported with this check's own hint
+    (assert_close would add the interpreter's bf16 hint, which does not apply to fp16)."""
+    if actual.shape != expected.shape:
+        return
+    bad = ~torch.isfinite(actual) & torch.isfinite(expected)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} values are NaN or inf where the expected "
+            f"values are finite (first at index {idx}: {float(actual[idx]):g}, expected "
+            f"{float(expected[idx]):g})\n  inputs: {describe_inputs(inputs)}"
+            + (f"\n  hint: {hint}" if hint else ""))
 
 
 def check(device, q, k, v, *, causal=False, scale=None, seed=None, check_out=True,
@@ -165,8 +183,10 @@ def check(device, q, k, v, *, causal=False, scale=None, seed=None, check_out=Tru
                               out_ok=out_ok, allow=probe)
 
     if check_out:
-        assert_close(out, e_out, what=f"{what}: out", inputs=inputs, atol=oa, rtol=orr,
-                     hint=hint_for(out, e_out, "out", oa, orr))
+        hint = hint_for(out, e_out, "out", oa, orr)
+        if q.dtype == torch.float16:  # fp16 is computed right under the interpreter: NaN is ours
+            no_nan(out, e_out, what=f"{what}: out", inputs=inputs, hint=hint)
+        assert_close(out, e_out, what=f"{what}: out", inputs=inputs, atol=oa, rtol=orr, hint=hint)
     if check_lse:
         if lse.shape == e_lse.shape:  # assert_close would let a finite value pass for -inf
             wrong = torch.isinf(e_lse) & (lse != e_lse)
@@ -175,8 +195,10 @@ def check(device, q, k, v, *, causal=False, scale=None, seed=None, check_out=Tru
                 f"no key (first at index {tuple(int(i) for i in wrong.nonzero()[0])}); it must be "
                 f"-inf there\n  inputs: {dict(causal=causal, seed=seed, shape=tuple(q.shape))}"
                 f"\n  hint: {NO_KEY}")
-        assert_close(lse, e_lse, what=f"{what}: lse", inputs=inputs, atol=la, rtol=lr,
-                     hint=hint_for(lse, e_lse, "lse", la, lr))
+        hint = hint_for(lse, e_lse, "lse", la, lr)
+        if q.dtype == torch.float16:
+            no_nan(lse, e_lse, what=f"{what}: lse", inputs=inputs, hint=hint)
+        assert_close(lse, e_lse, what=f"{what}: lse", inputs=inputs, atol=la, rtol=lr, hint=hint)
     return out, lse
 
 
@@ -344,6 +366,12 @@ class TestTask1Forward:
             f"out has shape {tuple(out.shape)} for head dim {d}, expected (1, 1, 5, {d})")
 
     # ---- probes: each input isolates one bug, and its hint names that bug
+    def test_weights_probe(self, device):
+        """q = 0 and v[j] = e_j (one-hot): out[i, j] is the weight of key j for query i, 1 / Sk
+        for every key. 40 keys: two whole 16-wide tiles and a partial one; 20 queries: a whole
+        and a partial query tile. Shows which keys each query sees, whatever the scale."""
+        weights_probe(device, 20, 40, False)
+
     @pytest.mark.parametrize("dtype", HALF, ids=dname)
     def test_default_arguments(self, device, dtype):
         """causal=False and scale=None (meaning D ** -0.5) are the defaults: leaving them out,
@@ -369,9 +397,11 @@ class TestTask1Forward:
                             f"scale=None means D ** -0.5 = {s.D**-0.5:g}: check the signature's "
                             "defaults and the None test")
             else:
-                hint = ("one whole tile of keys, default arguments: causal=False (every query "
-                        f"sees every key), scale=None meaning D ** -0.5 = {s.D**-0.5:g}; check "
-                        "the softmax scale (with exp2, multiply by log2(e) as well, once)")
+                hint = ("one whole tile of 16 keys with the default arguments: causal=False (every "
+                        f"query sees every key) and scale=None, meaning D ** -0.5 = {s.D**-0.5:g}; "
+                        "out matches neither that scale nor scale = 1: if test_weights_probe "
+                        "passes, compare the scores (q . k * scale, times log2(e) with exp2) with "
+                        "a torch version")
             assert_close(out, e_out, what=f"out of flash_attention(q, k, v, **{kw})",
                          inputs=dict(q=q, k=k, v=v, seed=20), atol=oa, rtol=orr, hint=hint)
 
@@ -398,12 +428,6 @@ class TestTask1Forward:
                      inputs=dict(q=q, k=k, v=v, scale=scale, seed=6), hint=hint,
                      atol=OUT_TOL[torch.float16][0], rtol=OUT_TOL[torch.float16][1])
 
-    def test_weights_probe(self, device):
-        """q = 0 and v[j] = e_j (one-hot): out[i, j] is the weight of key j for query i, 1 / Sk
-        for every key. 40 keys: two whole 16-wide tiles and a partial one; 20 queries: a whole
-        and a partial query tile. Shows which keys each query sees, whatever the scale."""
-        weights_probe(device, 20, 40, False)
-
     def test_growing_max_needs_the_rescale(self, device):
         """Scores rise along the keys: every tile raises the running max, so acc and l must be
         rescaled by exp(m_old - m_new) each time; scores reach 120, where exp overflows fp32."""
@@ -416,7 +440,7 @@ class TestTask1Forward:
         if "running sum l" not in hint:
             hint = ("the scores rise along the keys, so the running max grows in every tile: "
                     "the terms summed under the old max must shrink by alpha = exp(m_old - "
-                    "m_new) each time. Rescale acc by alpha before adding the new tile's p @ v "
+                    "m_new) each time: rescale acc by alpha before adding the new tile's p @ v "
                     "(and l by the same alpha): kata 03's merge rule")
         assert_close(out, e_out, what="out, scores rising along the keys to 120",
                      inputs=dict(q=q, k=k, v=v, seed=5), atol=oa, rtol=orr, hint=hint)
@@ -448,11 +472,15 @@ class TestTask1Forward:
         out, _ = run(device, q, k, v)
         expected = expected_attention(q, k, v)[0].to(dtype)
         oa, orr = OUT_TOL[dtype]  # the usual tolerance, scaled with v
-        assert_close(out, expected, what=f"out with |v| up to {float(v.abs().max()):.3g}",
-                     inputs=dict(q=q, k=k, v=v, seed=19), atol=oa * factor, rtol=orr,
-                     hint=f"out must be stored in q's dtype ({dname(dtype)}) straight from the "
-                          "float32 accumulator: is it (or p, or acc) converted to float16 "
-                          "somewhere (inf past 65504), or accumulated in a narrower type?")
+        what = f"out with |v| up to {float(v.abs().max()):.3g}"
+        inputs = dict(q=q, k=k, v=v, seed=19)
+        hint = (f"out must be stored in q's dtype ({dname(dtype)}) straight from the float32 "
+                "accumulator: is it (or p, or acc) converted to float16 somewhere (inf past "
+                "65504), or accumulated in a narrower type?")
+        # inf here is a float16 on the way, not the interpreter's bf16 garbage: that would have
+        # failed test_default_arguments[bfloat16] first
+        no_nan(out, expected, what=what, inputs=inputs, hint=hint)
+        assert_close(out, expected, what=what, inputs=inputs, atol=oa * factor, rtol=orr, hint=hint)
 
     def test_negative_scale_with_a_partial_tile(self, device):
         """scale = -0.5 and 20 keys (a partial last tile): the padded keys' scores must end up
@@ -503,7 +531,7 @@ class TestTask1Forward:
                           "15 keys of its tile are padding and must get score -inf")
 
     # ---- random cases
-    @settings(max_examples=max_examples(8), **NO_SHRINK)
+    @settings(max_examples=max_examples(6), **NO_SHRINK)
     @given(case=cases())
     def test_matches_float64(self, device, case):
         s, dtype, seed = case
@@ -545,7 +573,7 @@ class TestTask2LogSumExp:
         check(device, q, k, v, seed=8, check_out=True, check_lse=True, probe={"lse"},
               what="flash_attention, scores rising to 120")
 
-    @settings(max_examples=max_examples(6), **NO_SHRINK)
+    @settings(max_examples=max_examples(4), **NO_SHRINK)
     @given(case=cases())
     def test_lse_matches_float64(self, device, case):
         s, dtype, seed = case
@@ -554,7 +582,10 @@ class TestTask2LogSumExp:
 
 
 # =============================================================================== Task 3
-PROBE_CASES = ([(72, 128), (128, 72), (100, 100)] if ON_GPU else [(24, 40), (40, 24), (37, 37)])
+# Sk > Sq; Sq > Sk with a query tile that mixes rows seeing nothing and rows seeing keys
+# (Sq - Sk = 19); Sk - Sq = 17, so a tile's last visible key opens a new key tile; Sq == Sk.
+PROBE_CASES = ([(72, 128), (128, 109), (71, 128), (100, 100)] if ON_GPU
+               else [(24, 40), (40, 21), (23, 40), (37, 37)])
 
 
 class TestTask3Causal:
@@ -607,7 +638,7 @@ class TestTask3Causal:
         check(device, q, k, v, causal=True, seed=16, check_lse=True, probe=set(),
               what=f"flash_attention(causal=True) with head dim {d}")
 
-    @settings(max_examples=max_examples(8), **NO_SHRINK)
+    @settings(max_examples=max_examples(6), **NO_SHRINK)
     @given(case=cases())
     def test_causal_matches_float64(self, device, case):
         s, dtype, seed = case
