@@ -14,7 +14,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "katas", "05_flash_attention"))
-from diagnose_flash import Shapes, diagnose, expected_attention, visible  # noqa: E402
+from diagnose_flash import (  # noqa: E402
+    Shapes, describe_error, diagnose, expected_attention, looks_like_interpreter_garbage, visible,
+)
 
 TOL = dict(atol=1e-2, rtol=1e-2)
 
@@ -115,6 +117,37 @@ def test_last_queries_only():
     assert "partial tile of queries" in diagnose(bad, out, shapes=s, causal=False, **TOL)
 
 
+def test_a_probe_names_only_the_bugs_it_isolates():
+    """With allow=, a pattern outside the probe's tags gets the plain account, naming no bug."""
+    s, out, lse = _case()
+    bad = out.clone()
+    bad[:, 1:3] += 0.5  # looks like a GQA mapping error, but this probe does not isolate it
+    text = diagnose(bad, out, shapes=s, causal=False, allow={"weights"}, **TOL)
+    assert "h // (Hq // Hkv)" not in text and "random case" in text, text
+    assert "h // (Hq // Hkv)" in diagnose(bad, out, shapes=s, causal=False, allow={"heads"}, **TOL)
+
+
+def test_describe_error_says_where_not_what():
+    s, out, lse = _case()
+    bad = out.clone()
+    bad[:, 2, 5:7] += 1.0
+    text = describe_error(bad, out, shapes=s, causal=False, **TOL)
+    assert "2 of" in text and "query heads 2" in text and "queries 5, 6" in text, text
+    for bug in ("rescale acc", "h // (Hq // Hkv)", "partial tile", "softmax scale", "-inf"):
+        assert bug not in text, (bug, text)
+    assert describe_error(out.clone(), out, shapes=s, causal=False, **TOL) == ""
+
+
+def test_interpreter_garbage(monkeypatch):
+    s, out, lse = _case()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert looks_like_interpreter_garbage(out * 1e9, out)
+    assert looks_like_interpreter_garbage(torch.full_like(out, math.nan), out)
+    assert not looks_like_interpreter_garbage(out + 0.5, out)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not looks_like_interpreter_garbage(out * 1e9, out)
+
+
 class TestWeightsProbe:
     sq, sk, d = 24, 40, 64
     s = Shapes(1, 1, 1, 24, 40, 64)
@@ -143,3 +176,24 @@ class TestWeightsProbe:
         support = torch.ones(24, 40, dtype=torch.bool)
         support[:, 32:] = False
         assert "partial tile" in self._diag(support, causal=False)
+
+    def test_only_the_first_key_tile(self):
+        support = torch.ones(24, 40, dtype=torch.bool)
+        support[:, 16:] = False
+        assert "the loop over key tiles stops after key 15" in self._diag(support, causal=False)
+
+    def test_keys_bounded_by_the_query_count(self):
+        support = torch.ones(24, 40, dtype=torch.bool)
+        support[:, 24:] = False  # Sq = 24
+        assert "bounded by the number of queries" in self._diag(support, causal=False)
+
+    def test_whole_tiles_skipped(self):
+        support = torch.ones(24, 40, dtype=torch.bool)
+        support[:, :32] = False
+        assert "some key tiles are skipped" in self._diag(support, causal=False)
+
+    def test_padded_keys_share_the_weight(self):
+        e = _weights(self.sq, self.sk, self.d, visible(self.sq, self.sk, False))
+        a = e * self.sk / 48  # 8 padded keys of score 0 and value 0 in the normaliser
+        text = diagnose(a, e, shapes=self.s, causal=False, kind="weights", atol=1e-3, rtol=1e-2)
+        assert "8 extra keys" in text and "partial tile" in text, text
