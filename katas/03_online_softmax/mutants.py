@@ -82,10 +82,11 @@ MUTANTS: list[Mutant] = [
         replace="(cols[None, :] <= n_cols)",
     ),
     Mutant(
-        "triton_single_program",
-        "the Triton launch grid is (1,): only the first row is computed",
-        find="_softmax_rows_kernel[(n_rows,)]",
-        replace="_softmax_rows_kernel[(1,)]",
+        "triton_tile_loop_runs_once",
+        "each program computes one tile while the grid has fewer programs than tiles (a grid too "
+        "small for a kernel without the tile loop): the rows past the first few are never written",
+        find="tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES)",
+        replace="tl.range(tl.program_id(0), tl.program_id(0) + 1, 1, num_stages=NUM_STAGES)",
     ),
     Mutant(
         "triton_no_neg_inf_guard",
@@ -122,5 +123,93 @@ MUTANTS: list[Mutant] = [
         "online_softmax guards an all -inf row only for float32/float64 inputs: fp16/bf16 give NaN",
         find="    m = _finite_or_zero(state.max)[..., None]",
         replace="    m = (_finite_or_zero(state.max) if x.dtype == xf.dtype else state.max)[..., None]",
+    ),
+    # Shortcuts that look right on small tests (red-team of kata 03).
+    Mutant(
+        "triton_one_block_per_row",
+        "one block per row for every length (BLOCK = next_power_of_2(n_cols), no loop): fine up to "
+        "2^20 columns, then Triton refuses the block",
+        find="    if n_cols <= _MAX_FUSED_COLS:\n",
+        replace="    if True:  # one block per row, whatever its length\n",
+    ),
+    Mutant(
+        "triton_torch_fallback",
+        "softmax_triton returns torch.softmax: right values, no Triton kernel",
+        find='    """Softmax over the last dim of x (any leading dims) with a Triton kernel; x\'s dtype out."""\n',
+        replace='    """Softmax over the last dim of x (any leading dims) with a Triton kernel; x\'s dtype out."""\n'
+                "    return torch.softmax(x.float(), dim=-1).to(x.dtype)\n",
+    ),
+    Mutant(
+        "triton_cached_result",
+        "softmax_triton keeps its results keyed on (data_ptr, shape, dtype) and returns a kept one "
+        "for a tensor it has seen, though its values may have changed",
+        find="def softmax_triton(x: torch.Tensor) -> torch.Tensor:\n",
+        replace="_KEPT: dict = {}\n\n\n"
+                "def softmax_triton(x: torch.Tensor) -> torch.Tensor:\n"
+                "    key = (x.data_ptr(), tuple(x.shape), x.dtype)\n"
+                "    if key not in _KEPT:\n"
+                "        _KEPT[key] = _softmax_triton_uncached(x)\n"
+                "    return _KEPT[key]\n\n\n"
+                "def _softmax_triton_uncached(x: torch.Tensor) -> torch.Tensor:\n",
+    ),
+    Mutant(
+        "triton_pads_with_zero",
+        "the Triton kernel loads the masked tail as 0 instead of -inf: each padding lane adds "
+        "exp(0 - m) to the sum, so only power-of-two row lengths come out right",
+        find='x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=-float("inf"))',
+        replace="x = tl.load(x_ptr + rows64 * x_row_stride + cols[None, :], mask=mask, other=0.0)",
+    ),
+    Mutant(
+        "triton_no_max_subtraction",
+        "the Triton kernel computes exp(x) without subtracting the row max: exp(1e30) = inf, inf / inf = NaN",
+        find="e = tl.exp(x - m[:, None])",
+        replace="e = tl.exp(x)",
+    ),
+    Mutant(
+        "triton_row_stride_is_n_cols",
+        "the launcher passes n_cols as the row stride: a strided view (a slice of a wider tensor) is read wrong",
+        find="x2.stride(0)",
+        replace="n_cols",
+        count=3,
+    ),
+    Mutant(
+        "triton_loop_drops_tail",
+        "the long-row loop runs over whole blocks only (range(0, n_cols - BLOCK_N + 1, BLOCK_N)): "
+        "the last, partial block of each row is lost",
+        find="for start in range(0, n_cols, BLOCK_N):",
+        replace="for start in range(0, n_cols - BLOCK_N + 1, BLOCK_N):",
+        count=2,
+    ),
+    Mutant(
+        "triton_returns_2d",
+        "softmax_triton returns the flattened (rows, n_cols) result instead of x's shape",
+        find="    return y.reshape(x.shape)\n",
+        replace="    return y\n",
+        count=2,
+    ),
+    Mutant(
+        "merge_rescales_only_a",
+        "merge rescales a's sum to the new max but adds b's sum as it is, relative to b's own max",
+        find="s = a.sum * torch.exp(a.max - safe) + b.sum * torch.exp(b.max - safe)",
+        replace="s = a.sum * torch.exp(a.max - safe) + b.sum",
+    ),
+    Mutant(
+        "merge_keeps_a_max",
+        "merge keeps a's max as the merged max (b's max ignored): wrong whenever b saw the larger value",
+        find="m = torch.maximum(a.max, b.max)",
+        replace="m = a.max",
+    ),
+    Mutant(
+        "update_ignores_chunk_max",
+        "update keeps the state's max and never raises it to the chunk's: the sum is taken against "
+        "a max that is not the max",
+        find="m = torch.maximum(state.max, chunk.amax(dim=-1))  # (*batch)",
+        replace="m = state.max  # (*batch)",
+    ),
+    Mutant(
+        "online_softmax_skips_streaming",
+        "online_softmax calls softmax on the whole row and never streams blocks through update",
+        find="    state = init_state(x.shape[:-1], dtype=xf.dtype, device=x.device)\n",
+        replace="    return softmax(x)\n",
     ),
 ]

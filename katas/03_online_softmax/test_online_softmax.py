@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import assert_close, load_kata_module
+from harness import assert_close, assert_triton_ran, count_triton_launches, load_kata_module, max_examples
 
 m = load_kata_module("online_softmax")
 
@@ -105,9 +105,9 @@ def check_state(state, exp_max: torch.Tensor, exp_sum: torch.Tensor, *, dtype: t
     """Both fields of a state against float64 values (the sum to the dtype's tolerance)."""
     assert isinstance(state, m.SoftmaxState), (
         f"{what}: expected a SoftmaxState, got {type(state).__name__}\n  inputs: {inputs}")
-    assert_close(state.max.cpu(), exp_max.to(dtype), what=f"{what}.max", inputs=inputs,
+    assert_close(state.max.cpu(), exp_max.to(dtype), what=f"the .max of {what}", inputs=inputs,
                  hint=hint or "max is the running maximum of everything seen (-inf when nothing)")
-    assert_close(state.sum.cpu(), exp_sum.to(dtype), what=f"{what}.sum", inputs=inputs,
+    assert_close(state.sum.cpu(), exp_sum.to(dtype), what=f"the .sum of {what}", inputs=inputs,
                  hint=hint or "sum is sum(exp(x - max)) over everything seen, relative to the CURRENT max")
 
 
@@ -194,7 +194,7 @@ class TestTask1Softmax:
     @pytest.mark.parametrize("dtype", HALVES)
     @pytest.mark.parametrize("kind", ["wide", "near_plus_1e30", "near_minus_1e30", "mixed", "masked"])
     @given(seed=seeds, shape=shapes())
-    @settings(max_examples=10)
+    @settings(max_examples=max_examples(10))
     def test_half_precision_extreme_magnitudes(self, device, dtype, kind, seed, shape):
         """Finite half inputs of any magnitude: bf16 holds values up to 3e38 (1e30 here),
         fp16 up to 65504 (these kinds are clamped to +-6e4 for fp16)."""
@@ -211,7 +211,7 @@ class TestTask1Softmax:
 
     @pytest.mark.parametrize("dtype", HALVES)
     @given(seed=seeds, shape=shapes())
-    @settings(max_examples=15)
+    @settings(max_examples=max_examples(15))
     def test_half_precision(self, device, dtype, seed, shape):
         x = make_values(seed, shape, "randn", dtype=dtype)
         atol, rtol = HALF_TOL[dtype]  # README "Tolerances": arithmetic may be done in dtype
@@ -225,7 +225,8 @@ class TestTask2InitState:
     """init_state(shape, dtype, device): the empty state (max = -inf, sum = 0)."""
 
     # Shapes are tuples or torch.Size (the contract does not promise a bare int).
-    @pytest.mark.parametrize("shape", [(), (5,), (2, 3), torch.Size([4, 1, 2])])
+    @pytest.mark.parametrize("shape", [(), (5,), (2, 3), torch.Size([4, 1, 2])],
+                             ids=["shape()", "shape(5,)", "shape(2,3)", "Size([4,1,2])"])
     @pytest.mark.parametrize("dtype", FLOATS)
     def test_empty_state(self, device, shape, dtype):
         state = m.init_state(shape, dtype=dtype, device=device)
@@ -281,8 +282,9 @@ class TestTask2Update:
         for lo, hi in zip(cuts, cuts[1:]):
             if hi > lo:
                 state = m.update(state, on(device, x[..., lo:hi]))
+        chunks = ", ".join(f"[{lo}:{hi}]" for lo, hi in zip(cuts, cuts[1:]) if hi > lo)
         check_state(state, *expected_state(x), dtype=torch.float32,
-                    what=f"update over the chunks split at {cuts[1:-1]}",
+                    what=f"update(...) chunk by chunk over the columns {chunks}",
                     inputs=dict(x=x, kind=kind, seed=seed),
                     hint="when the max grows, the sum so far was taken relative to the old max: "
                     "multiply it by exp(old_max - new_max) before adding the chunk's terms")
@@ -364,10 +366,13 @@ class TestTask3Merge:
         i, j = data.draw(cut_points(shape[-1], 3))
         a, b, c = state_of(x[..., :i]), state_of(x[..., i:j]), state_of(x[..., j:])
         expected = expected_state(x)
-        for name, got in ((f"merge(merge(a, b), c)", m.merge(m.merge(a, b), c)),
-                          (f"merge(a, merge(b, c))", m.merge(a, m.merge(b, c)))):
+        for name, got in (("merge(merge(a, b), c)", m.merge(m.merge(a, b), c)),
+                          ("merge(a, merge(b, c))", m.merge(a, m.merge(b, c)))):
             check_state(got, *expected, dtype=torch.float32,
-                        what=f"{name} for x split at {i}, {j}", inputs=dict(x=x, kind=kind, seed=seed))
+                        what=f"{name} with a, b, c the states of x[..., :{i}], x[..., {i}:{j}], x[..., {j}:]",
+                        inputs=dict(x=x, kind=kind, seed=seed),
+                        hint="both bracketings must give the state of the whole row: m = max(m_a, m_b), "
+                        "each sum moved to m by its own factor exp(m_x - m)")
 
     @given(seed=seeds, shape=shapes(max_len=30), kind=kinds, data=st.data())
     def test_commutative(self, device, seed, shape, kind, data):
@@ -457,6 +462,26 @@ class TestTask4OnlineSoftmax:
                      "after streaming, every element is exp(x - m) / s with the FINAL m and s; "
                      "an all -inf row gives zeros")
 
+    def test_streams_blocks_through_update(self, device, monkeypatch):
+        """The contract: online_softmax feeds update() blocks of block_size columns (the last
+        one shorter), then makes its second pass; a softmax over the whole row does not stream."""
+        x = on(device, make_values(8, (2, 10), "randn"))
+        widths: list[int] = []
+        real_update = m.update
+
+        def counting_update(state, chunk):
+            widths.append(int(chunk.shape[-1]))
+            return real_update(state, chunk)
+
+        monkeypatch.setattr(m, "update", counting_update)
+        out = m.online_softmax(x, 4)
+        assert widths == [4, 4, 2], (
+            f"online_softmax(x (2, 10), block_size=4) passed update() chunks of widths {widths}, "
+            "expected [4, 4, 2]: stream the row through update() one block of block_size columns at "
+            "a time (the last block holds the 2 columns left), not softmax over the whole row at once")
+        assert_close(out.cpu(), expected_softmax(x.cpu()).float(), what="online_softmax(x (2, 10), 4)",
+                     inputs=dict(x=x.cpu(), seed=8))
+
     def test_block_larger_than_row(self, device):
         x = make_values(7, (3, 5), "randn")
         assert_close(m.online_softmax(on(device, x), 64).cpu(), expected_softmax(x).float(),
@@ -475,7 +500,7 @@ class TestTask4OnlineSoftmax:
 
     @pytest.mark.parametrize("dtype", HALVES)
     @given(seed=seeds, shape=shapes(), data=st.data())
-    @settings(max_examples=15)
+    @settings(max_examples=max_examples(15))
     def test_half_precision(self, device, dtype, seed, shape, data):
         block = data.draw(block_sizes(shape[-1]), label="block_size")
         x = make_values(seed, shape, "randn", dtype=dtype)
@@ -487,7 +512,7 @@ class TestTask4OnlineSoftmax:
     @pytest.mark.parametrize("dtype", HALVES)
     @pytest.mark.parametrize("kind", ["wide", "near_plus_1e30", "mixed", "masked"])
     @given(seed=seeds, shape=shapes(), data=st.data())
-    @settings(max_examples=10)
+    @settings(max_examples=max_examples(10))
     def test_half_precision_extreme_magnitudes(self, device, dtype, kind, seed, shape, data):
         """As for softmax: finite half inputs of any magnitude (bf16 up to 1e30 here, fp16 clamped to +-6e4)."""
         block = data.draw(block_sizes(shape[-1]), label="block_size")
@@ -508,11 +533,24 @@ TRITON_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Row lengths that defeat a kernel handling one block: odd, just past powers of two, and
 # past 32768 (more than any single block held in registers), up to 65537.
 LONG_ROWS = [1025, 4097, 5003, 33001, 65537]
+# Triton refuses a block of more than 2^20 elements (tl.arange / a tensor's numel): a row
+# longer than that cannot be one block, whatever the registers.
+TRITON_MAX_BLOCK = 2**20
+ONE_BLOCK_HINT = ("one block per row (BLOCK = next_power_of_2(n_cols), no loop) does not scale: a block "
+                  "lives in registers (a few thousand values per program before it spills) and Triton "
+                  f"refuses blocks over {TRITON_MAX_BLOCK} elements. Loop over the row in blocks of a fixed "
+                  "size: pass 1 folds each block into a running (max, sum) (the Task 2 update), pass 2 "
+                  "reads the row again and writes exp(x - m) / s")
 
 
-def run_triton(device, x: torch.Tensor) -> torch.Tensor:
-    out = m.softmax_triton(x.to(device))
-    assert isinstance(out, torch.Tensor), f"softmax_triton returned {type(out).__name__}, not a tensor"
+def run_triton(device, x: torch.Tensor, call: str = "") -> torch.Tensor:
+    """softmax_triton(x) on the device, checked to be a tensor computed by a Triton kernel."""
+    x = x.to(device)
+    call = call or f"softmax_triton(x {tuple(x.shape)} {str(x.dtype).replace('torch.', '')})"
+    with count_triton_launches() as launches:
+        out = m.softmax_triton(x)
+    assert isinstance(out, torch.Tensor), f"{call} returned {type(out).__name__}, not a tensor"
+    assert_triton_ran(launches, call)
     return out.cpu()
 
 
@@ -527,8 +565,10 @@ class TestTask5SoftmaxTriton:
     def test_shape_dtype_and_input_unmodified(self, device, dtype):
         x = make_values(10, (3, 37), "randn", dtype=dtype).to(device)
         before = x.clone()
-        out = m.softmax_triton(x)
+        with count_triton_launches() as launches:
+            out = m.softmax_triton(x)
         assert isinstance(out, torch.Tensor), f"softmax_triton returned {type(out).__name__}"
+        assert_triton_ran(launches, f"softmax_triton(x (3, 37) {dtype})")
         assert tuple(out.shape) == (3, 37), f"softmax_triton(x (3, 37)) returned shape {tuple(out.shape)}"
         assert out.dtype == dtype, (
             f"softmax_triton of {dtype} returned {out.dtype}: allocate the output in x's dtype and "
@@ -551,10 +591,10 @@ class TestTask5SoftmaxTriton:
 
     @pytest.mark.parametrize("dtype", TRITON_DTYPES)
     @given(seed=seeds, rows=st.integers(1, 9), n=st.integers(1, 300))
-    @settings(max_examples=8)
+    @settings(max_examples=max_examples(8))
     def test_matches_float64(self, device, dtype, seed, rows, n):
         x = make_values(seed, (rows, n), "randn", dtype=dtype)
-        assert_close(run_triton(device, x), expected_softmax(x).to(dtype), what=f"softmax_triton(x) in {dtype}",
+        assert_close(run_triton(device, x), expected_softmax(x).to(dtype), what=f"softmax_triton(x ({rows}, {n})) in {dtype}",
                      inputs=dict(x=x, seed=seed),
                      hint="one program per row (or per group of rows): grid = number of rows; "
                      "mask the tail (offs < n_cols) and load it as -inf so it adds exp(-inf) = 0")
@@ -565,6 +605,25 @@ class TestTask5SoftmaxTriton:
                      inputs=dict(x=x, seed=11),
                      hint="every row needs a program: is the grid (n_rows,) (or cdiv(n_rows, rows per program))?")
 
+    def test_fresh_result_for_new_values(self, device):
+        """The same shape (and the same tensor, rewritten in place) with new values: a result
+        kept from an earlier call (keyed on shape, dtype or data_ptr) is caught."""
+        x = make_values(20, (5, 77), "randn").to(device)
+        first = run_triton(device, x)
+        assert_close(first, expected_softmax(x.cpu()).float(), what="softmax_triton(x (5, 77)), first call",
+                     inputs=dict(x=x.cpu(), seed=20))
+        y = make_values(21, (5, 77), "randn").to(device)
+        assert_close(run_triton(device, y), expected_softmax(y.cpu()).float(),
+                     what="softmax_triton(y) after softmax_triton(x), same shape, new values",
+                     inputs=dict(y=y.cpu(), seed=21),
+                     hint="compute every call from its own input: no result kept from an earlier call")
+        x.copy_(make_values(22, (5, 77), "randn").to(device))  # same tensor, same memory, new values
+        assert_close(run_triton(device, x), expected_softmax(x.cpu()).float(),
+                     what="softmax_triton(x) again after x was overwritten in place",
+                     inputs=dict(x=x.cpu(), seed=22),
+                     hint="the same tensor (same data_ptr, shape and dtype) can hold new values: "
+                     "read them on every call")
+
     @pytest.mark.parametrize("n", LONG_ROWS)
     def test_rows_longer_than_a_block(self, device, n):
         x = make_values(n, (2, n), "randn")
@@ -573,6 +632,22 @@ class TestTask5SoftmaxTriton:
                      hint="a row longer than your BLOCK needs a loop over blocks: online (max, sum) in a "
                      "first pass, then a second pass that writes exp(x - m) / s; the last block is "
                      "partial and needs the mask")
+
+    @pytest.mark.kata_timeout(60)
+    def test_row_longer_than_any_block(self, device):
+        """One row of 2^20 + 3 columns, more than Triton allows in one block (fp32, one row:
+        under a second with a looped kernel in the interpreter)."""
+        n = TRITON_MAX_BLOCK + 3
+        x = make_values(n, (1, n), "randn")
+        try:
+            got = run_triton(device, x, call=f"softmax_triton(x (1, {n}))")
+        except (ValueError, RuntimeError) as exc:  # Triton's numel limit, raised at launch
+            if "numel" not in str(exc) and "exceeds" not in str(exc):
+                raise
+            raise AssertionError(f"softmax_triton(x (1, {n})) raised {type(exc).__name__}: {exc}\n"
+                                 f"  hint: {ONE_BLOCK_HINT}") from None
+        assert_close(got, expected_softmax(x).float(), what=f"softmax_triton(x (1, {n}))",
+                     inputs=dict(x=x, seed=n), hint=ONE_BLOCK_HINT)
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("n", [19, 1000, 40961])
@@ -590,7 +665,8 @@ class TestTask5SoftmaxTriton:
         for seed, n in ((1, 5), (2, 130), (3, 4500)):
             x = make_values(seed, (3, n), kind, finite_per_row=True, dtype=dtype)
             assert_close(run_triton(device, x), expected_softmax(x).to(dtype),
-                         what=f"softmax_triton(x) with {kind} values", inputs=dict(x=x, kind=kind, seed=seed),
+                         what=f"softmax_triton(x (3, {n})) in {dtype} with {kind} values",
+                         inputs=dict(x=x, kind=kind, seed=seed),
                          hint="subtract the row max before exp: exp(1e30) is inf, and inf / inf is NaN")
 
     @pytest.mark.parametrize("n", [6, 300, 40000])
@@ -611,7 +687,8 @@ class TestTask5SoftmaxTriton:
         for shape in [(7,), (2, 3, 33), (2, 1, 2, 5)]:
             x = make_values(12, shape, "randn")
             assert_close(run_triton(device, x), expected_softmax(x).float(), what=f"softmax_triton(x {shape})",
-                         inputs=dict(x=x, seed=12), hint="flatten every leading dim into rows: x.reshape(-1, n_cols)")
+                         inputs=dict(x=x, seed=12), hint="flatten every leading dim into rows: x.reshape(-1, n_cols), "
+                         "and return the result in x's shape")
 
     def test_non_contiguous_input(self, device):
         base = make_values(13, (40, 24), "randn")
@@ -627,8 +704,10 @@ class TestTask5SoftmaxTriton:
     @pytest.mark.parametrize("dtype", TRITON_DTYPES)
     @pytest.mark.parametrize("n", [1024, 4096, 8192, 16384, 32768, 100_003, 1_000_003])
     def test_large_shapes_on_gpu(self, dtype, n):
-        rows = max(2, min(1024, 2**24 // n))
+        # An odd number of rows: a kernel that handles several rows per program must mask the last tile.
+        rows = max(3, min(1023, 2**24 // n - 1))
         x = make_values(n, (rows, n), "randn", dtype=dtype).cuda()
-        out = m.softmax_triton(x)
-        assert_close(out.cpu(), expected_softmax(x.cpu()).to(dtype), what=f"softmax_triton(x ({rows}, {n})) in {dtype}",
-                     inputs=dict(x=x, seed=n))
+        assert_close(run_triton("cuda", x), expected_softmax(x.cpu()).to(dtype),
+                     what=f"softmax_triton(x ({rows}, {n})) in {dtype}", inputs=dict(x=x, seed=n),
+                     hint="rows per program that do not divide the row count leave a partial last tile: "
+                     "mask rows too (rows < n_rows)")
