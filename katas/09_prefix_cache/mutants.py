@@ -1,0 +1,68 @@
+"""Planted bugs for kata 09: classic radix-cache mistakes. Each must be caught by a test."""
+from harness import Mutant
+
+MUTANTS: list[Mutant] = [
+    Mutant("partial_edge_dropped",
+           "a match that ends inside an edge ignores that edge (only whole edges match)",
+           "            if k < len(child.key):  # the match ends inside this edge\n"
+           "                child = self._split(child, k)\n",
+           "            if k < len(child.key):  # the match ends inside this edge\n"
+           "                break\n"),
+    Mutant("partial_edge_whole",
+           "a match that ends inside an edge returns the whole edge's values",
+           "                child = self._split(child, k)\n",
+           "                k = len(child.key)\n"),
+    Mutant("split_loses_pins",
+           "splitting an edge gives the new upper part no pins",
+           "upper.pins = node.pins", "pass"),
+    Mutant("insert_returns_new_count",
+           "insert returns how many tokens it added instead of how many were cached already",
+           "        self._use(path)\n        return n\n",
+           "        self._use(path)\n        return len(tokens) - n\n"),
+    Mutant("match_is_not_a_use",
+           "match does not update the last use of the matched tokens",
+           "        path, _ = self._walk(list(tokens))\n        self._use(path)\n",
+           "        path, _ = self._walk(list(tokens))\n"),
+    Mutant("lock_is_a_use",
+           "lock marks the locked tokens as used now",
+           "        for node in path:\n            node.pins += 1\n",
+           "        self._use(path)\n        for node in path:\n            node.pins += 1\n"),
+    Mutant("evicts_most_recent",
+           "the clock runs backwards, so eviction takes the most recently used end first",
+           "self._clock += 1", "self._clock -= 1"),
+    Mutant("evicts_pinned",
+           "eviction ignores pins",
+           "for n in self._leaves() if n.pins == 0]", "for n in self._leaves()]"),
+    Mutant("evicts_interior_token",
+           "eviction considers every node, not only the ends of cached sequences",
+           "for n in self._leaves() if n.pins == 0]", "for n in self._nodes() if n.pins == 0]"),
+    Mutant("evicts_whole_edges",
+           "eviction removes a whole leaf edge even when fewer tokens were asked for",
+           "take = min(num_tokens - len(removed), len(leaf.key))", "take = len(leaf.key)"),
+    Mutant("evict_forgets_new_ends",
+           "after removing a leaf edge, eviction never considers its parent, which may now end "
+           "a cached sequence",
+           "heapq.heappush(heap, (parent.last_use, next(order), parent))", "pass"),
+    Mutant("evict_keeps_size",
+           "eviction does not update num_tokens",
+           "self._size -= take", "pass"),
+    Mutant("num_evictable_counts_pinned_descendants",
+           "num_evictable counts every unpinned token, also those below a pinned one",
+           "pinned = node.pins > 0 or any(pinned_below[id(c)] for c in node.children.values())",
+           "pinned = node.pins > 0"),
+    Mutant("unlock_without_check",
+           "unlock does not check that every token holds a pin (pin counts go negative)",
+           "if n < len(tokens) or any(node.pins == 0 for node in path):", "if n < len(tokens):"),
+    Mutant("lock_pins_before_check",
+           "lock of a sequence not wholly cached pins its cached part, then raises",
+           "        if n < len(tokens):\n"
+           "            raise ValueError(f\"only {n} of the {len(tokens)} tokens are cached: nothing locked\")\n"
+           "        for node in path:\n            node.pins += 1\n",
+           "        for node in path:\n            node.pins += 1\n"
+           "        if n < len(tokens):\n"
+           "            raise ValueError(f\"only {n} of the {len(tokens)} tokens are cached: nothing locked\")\n"),
+    Mutant("children_scanned",
+           "finds a child by scanning all children of a node: O(children), not O(1), per step",
+           "child = node.children.get(tokens[i])",
+           "child = next((c for t, c in node.children.items() if t == tokens[i]), None)"),
+]
