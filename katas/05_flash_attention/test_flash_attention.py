@@ -216,7 +216,10 @@ def cases(draw, *, gqa=False):
         hq = hkv * draw(st.sampled_from([2, 3] if not ON_GPU else [2, 4]))
     else:
         hkv = hq = draw(st.integers(1, 2))
-    s = Shapes(B=draw(st.integers(1, 2)), Hq=hq, Hkv=hkv, Sq=draw(st.integers(1, MAX_LEN)),
+    # Under the interpreter a call costs ~10 ms per (program, key tile): at most 4 (batch, head)
+    # pairs there, so that one example stays under ~0.5 s.
+    b = draw(st.integers(1, 2 if ON_GPU or hq <= 2 else 1))
+    s = Shapes(B=b, Hq=hq, Hkv=hkv, Sq=draw(st.integers(1, MAX_LEN)),
                Sk=draw(st.integers(1, MAX_LEN)), D=draw(st.sampled_from(HEAD_DIMS)))
     return s, draw(st.sampled_from(HALF)), draw(seeds)
 
@@ -532,7 +535,7 @@ class TestTask1Forward:
                           "15 keys of its tile are padding and must get score -inf")
 
     # ---- random cases
-    @settings(max_examples=max_examples(6), **NO_SHRINK)
+    @settings(max_examples=max_examples(5), **NO_SHRINK)
     @given(case=cases())
     def test_matches_float64(self, device, case):
         s, dtype, seed = case
@@ -574,7 +577,7 @@ class TestTask2LogSumExp:
         check(device, q, k, v, seed=8, check_out=True, check_lse=True, probe={"lse"},
               what="flash_attention, scores rising to 120")
 
-    @settings(max_examples=max_examples(4), **NO_SHRINK)
+    @settings(max_examples=max_examples(3), **NO_SHRINK)
     @given(case=cases())
     def test_lse_matches_float64(self, device, case):
         s, dtype, seed = case
@@ -639,7 +642,7 @@ class TestTask3Causal:
         check(device, q, k, v, causal=True, seed=16, check_lse=True, probe=set(),
               what=f"flash_attention(causal=True) with head dim {d}")
 
-    @settings(max_examples=max_examples(6), **NO_SHRINK)
+    @settings(max_examples=max_examples(5), **NO_SHRINK)
     @given(case=cases())
     def test_causal_matches_float64(self, device, case):
         s, dtype, seed = case
@@ -708,7 +711,7 @@ class TestTask4GroupedQuery:
               what="flash_attention(causal=True), GQA, non-contiguous q, k, v", probe=set(),
               extra_hint=STRIDES_HINT)
 
-    @settings(max_examples=max_examples(6), **NO_SHRINK)
+    @settings(max_examples=max_examples(4), **NO_SHRINK)
     @given(case=cases(gqa=True), causal=st.booleans())
     def test_gqa_matches_float64(self, device, case, causal):
         s, dtype, seed = case
