@@ -123,16 +123,17 @@ def _fused_configs() -> list[triton.Config]:
 
 
 def _prune_fused(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep 16 or 32 values per thread: fewer leaves too few bytes in flight per SM, more
-    spills registers. Keep the persistent configs only for rows too big for two tiles to
-    share an SM (a tile of 32 KiB or more) whose 3-stage prefetch fits in shared memory."""
+    """Keep 8 to 32 values per thread: fewer leaves too few bytes in flight per SM, more
+    spills registers (every pick on an H100 and an H200 was in this range). Keep the
+    persistent configs only for rows too big for two tiles to share an SM (a tile of 32 KiB
+    or more) whose 3-stage prefetch fits in shared memory."""
     block_n = kwargs["BLOCK_N"]
     tile_bytes = block_n * named_args["x_ptr"].element_size()
 
     def per_thread(c: triton.Config) -> int:
         return c.kwargs["BLOCK_M"] * block_n // (32 * c.num_warps)
 
-    kept = [c for c in configs if per_thread(c) in (16, 32) and (
+    kept = [c for c in configs if per_thread(c) in (8, 16, 32) and (
         c.kwargs["PROGRAMS_PER_SM"] == 0 or 32 * 1024 <= tile_bytes and 3 * tile_bytes <= 192 * 1024)]
     return kept or [max(configs, key=lambda c: (per_thread(c) <= 64, per_thread(c), -c.num_warps))]
 

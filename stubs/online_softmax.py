@@ -97,7 +97,8 @@ def logsumexp(state: SoftmaxState) -> torch.Tensor:
 def online_softmax(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """Softmax over the last dim of x, streaming blocks of `block_size` columns through `update`.
 
-    Every block is block_size columns wide except possibly the last. The result equals
+    Every block (block_size columns wide except possibly the last) goes through `update`,
+    then a second pass writes exp(x - m) / s. The result equals
     softmax(x, dim=-1) for every block size (1, one that does not divide the length, one
     larger than the length): same shape and dtype as x.
 
@@ -115,11 +116,14 @@ def softmax_triton(x: torch.Tensor) -> torch.Tensor:
     Args:
         x: float32, float16 or bfloat16; at least 1-D, any leading dims (flattened into rows),
             any strides (copy to contiguous if your kernel needs it). Rows of any length,
-            also far longer than one block of your kernel.
+            also far longer than one block of your kernel (and than 2^20 columns, the most
+            Triton allows in one block: loop over the row).
 
     Returns:
         Same shape and dtype as x, computed in float32 inside the kernel. Finite inputs of
-        any magnitude give no NaN; -inf entries get 0. x is left unmodified.
+        any magnitude give no NaN; -inf entries get 0. x is left unmodified. Every call
+        launches the kernel on its own input (no torch fallback, no result kept from an
+        earlier call).
 
     Task 5.
     """

@@ -536,11 +536,9 @@ LONG_ROWS = [1025, 4097, 5003, 33001, 65537]
 # Triton refuses a block of more than 2^20 elements (tl.arange / a tensor's numel): a row
 # longer than that cannot be one block, whatever the registers.
 TRITON_MAX_BLOCK = 2**20
-ONE_BLOCK_HINT = ("one block per row (BLOCK = next_power_of_2(n_cols), no loop) does not scale: a block "
-                  "lives in registers (a few thousand values per program before it spills) and Triton "
-                  f"refuses blocks over {TRITON_MAX_BLOCK} elements. Loop over the row in blocks of a fixed "
-                  "size: pass 1 folds each block into a running (max, sum) (the Task 2 update), pass 2 "
-                  "reads the row again and writes exp(x - m) / s")
+ONE_BLOCK_HINT = ("one block per row (BLOCK = next_power_of_2(n_cols), no loop) does not scale (registers, and "
+                  f"Triton's cap of {TRITON_MAX_BLOCK} elements a block). Loop over the row in fixed-size "
+                  "blocks: (max, sum) in pass 1, exp(x - m) / s in pass 2")
 
 
 def run_triton(device, x: torch.Tensor, call: str = "") -> torch.Tensor:
@@ -641,8 +639,8 @@ class TestTask5SoftmaxTriton:
         x = make_values(n, (1, n), "randn")
         try:
             got = run_triton(device, x, call=f"softmax_triton(x (1, {n}))")
-        except (ValueError, RuntimeError) as exc:  # Triton's numel limit, raised at launch
-            if "numel" not in str(exc) and "exceeds" not in str(exc):
+        except Exception as exc:  # Triton's numel limit, raised when the kernel is compiled / interpreted
+            if "numel" not in str(exc):
                 raise
             raise AssertionError(f"softmax_triton(x (1, {n})) raised {type(exc).__name__}: {exc}\n"
                                  f"  hint: {ONE_BLOCK_HINT}") from None
