@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,19 @@ UNDERFLOW = ("these queries' scores are all far below 0 (lse < -80) and they cam
              "scores down, and take the max over the tile's scores before the exponentials")
 GQA = ("with GQA query head h reads kv head h // (Hq // Hkv): consecutive query heads share a kv "
        "head (h % Hkv, or an offset computed with Hq where Hkv belongs, gives this pattern)")
+
+
+def wrap(hint: str, width: int = 200) -> str:
+    """A long hint on several lines (the failure report clips a line at 240 characters), broken
+    only after '. ', ': ' or '; ', so that no phrase of a hint is split."""
+    parts = re.split(r"(?<=[.:;]) ", hint)
+    lines = [""]
+    for part in parts:
+        if lines[-1] and len(lines[-1]) + 1 + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] = f"{lines[-1]} {part}" if lines[-1] else part
+    return "\n        ".join(lines)
 
 
 def looks_like_interpreter_garbage(actual: torch.Tensor, expected: torch.Tensor) -> bool:
