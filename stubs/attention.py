@@ -30,7 +30,9 @@ def attention(
 
     Returns:
         (B, Hq, Sq, D) in q's dtype. A query that sees no key (all masked) outputs zeros,
-        never NaN. q, k, v and the mask are left unmodified.
+        never NaN; a masked key changes nothing, even with NaN or inf in its K. NaN in q, or
+        in a K/V row a query sees, comes out as NaN for that query (never hidden).
+        q, k, v and the mask are left unmodified.
 
     Raises:
         ValueError: Hq not a multiple of Hkv, or q and k with different head dims D.
