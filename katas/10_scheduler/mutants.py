@@ -60,4 +60,8 @@ MUTANTS: list[Mutant] = [
            "schedules a running request without making room: blocks go negative",
            "if self._blocks_short(req, n) > self.free_blocks and not self._make_room(req, n, out):",
            "if False:", expect="KV blocks"),
+    Mutant("static_batching_in_disguise",
+           "admits new requests only in a step where no running request ran: batches drain first",
+           "and not out.preempted):", "and not out.preempted and i == 0):",
+           expect="continuous batching should reach at least 2x"),
 ]

@@ -87,7 +87,7 @@ def _seconds(tokens: int, pairs: int, kv_tokens: int) -> float:
 
 # -- The trace -----------------------------------------------------------------------------
 PROMPT_MEAN, OUTPUT_MEAN, SIGMA = 161.3, 338.0, 1.0  # ShareGPT (vLLM paper): 161 in, 338 out
-TRACE_SEED, TRACE_REQUESTS = 0, 1000
+TRACE_SEED, TRACE_REQUESTS = 0, 500
 
 
 @dataclass(frozen=True)
@@ -97,17 +97,19 @@ class Trace:
     output_lens: np.ndarray
 
 
-def make_trace(rate: float, num_requests: int = TRACE_REQUESTS, seed: int = TRACE_SEED) -> Trace:
+def make_trace(rate: float, num_requests: int = TRACE_REQUESTS, seed: int = TRACE_SEED,
+               prompt_scale: int = 1) -> Trace:
     """Poisson arrivals at `rate` requests/s (inf: all at t = 0); lengths lognormal with
     ShareGPT's means and sigma 1, clipped to vLLM's benchmark filter (4 <= prompt <= 1024,
-    4 <= output, prompt + output <= 2048). The lengths depend on the seed only, not on the rate."""
+    4 <= output, prompt + output <= 2048). The lengths depend on the seed only, not on the
+    rate. prompt_scale multiplies every prompt afterwards (8: RAG-like prompts up to 8192)."""
     rng = np.random.default_rng(seed)
     gaps = rng.exponential(1.0, num_requests)  # unit-rate gaps, scaled below
     mu_p, mu_o = math.log(PROMPT_MEAN) - SIGMA ** 2 / 2, math.log(OUTPUT_MEAN) - SIGMA ** 2 / 2
     prompts = np.clip(np.rint(rng.lognormal(mu_p, SIGMA, num_requests)), 4, 1024).astype(int)
     outputs = np.clip(np.rint(rng.lognormal(mu_o, SIGMA, num_requests)), 4, 2048 - prompts).astype(int)
     arrivals = np.zeros(num_requests) if math.isinf(rate) else np.cumsum(gaps) / rate
-    return Trace(arrivals, prompts, outputs)
+    return Trace(arrivals, prompts * prompt_scale, outputs)
 
 
 # -- Metrics ------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ class Config:
 
 
 CHUNKED = Config(max_num_batched_tokens=512)  # Sarathi-Serve-sized chunks
-UNCHUNKED = Config(max_num_batched_tokens=8192)  # >= 8 x the longest prompt: no prompt is split
+UNCHUNKED = Config(max_num_batched_tokens=8192)  # 8 x the longest prompt: prompts are rarely split
 
 
 def run_continuous(scheduler_cls: Callable[..., Any], trace: Trace, config: Config,
@@ -228,22 +230,24 @@ def run_static(trace: Trace, config: Config = CHUNKED, *, rate: float = float("n
 
 
 # -- The sweep and the plot ----------------------------------------------------------------
-RATES = [2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, float("inf")]
+RATES = [2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 90.0, float("inf")]
 QUICK_RATES = [5.0, 20.0, float("inf")]
 
 
 def sweep(scheduler_cls: Callable[..., Any], rates: list[float], num_requests: int,
-          echo: Callable[[str], None] = print) -> dict[str, list[Result]]:
+          echo: Callable[[str], None] = print, prompt_scale: int = 1) -> dict[str, list[Result]]:
     runs: dict[str, list[Result]] = {"static": [], "continuous, chunked (512)": [],
                                      "continuous, unchunked": []}
     echo(HEADER)
     for rate in rates:
-        trace = make_trace(rate, num_requests)
+        trace = make_trace(rate, num_requests, prompt_scale=prompt_scale)
+        unchunked = Config(max_num_batched_tokens=max(UNCHUNKED.max_num_batched_tokens,
+                                                      int(trace.prompt_lens.max())))
         for policy in runs:
             if policy == "static":
                 result = run_static(trace, CHUNKED, rate=rate)
             else:
-                config = CHUNKED if "chunked (" in policy else UNCHUNKED
+                config = CHUNKED if "chunked (" in policy else unchunked
                 result = run_continuous(scheduler_cls, trace, config, policy=policy, rate=rate)
             runs[policy].append(result)
             echo(result.line())
@@ -251,25 +255,32 @@ def sweep(scheduler_cls: Callable[..., Any], rates: list[float], num_requests: i
 
 
 def plot(runs: dict[str, list[Result]], path: Path, title: str) -> None:
-    import matplotlib
+    """Throughput, p95 TTFT and p99 TPOT against the rate; 'all at t = 0' plotted last."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (python3 kata.py installs it)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=80)
-    for policy, results in runs.items():
-        finite = [r for r in results if not math.isinf(r.rate)]
-        x = [r.rate for r in finite]
-        ax1.plot(x, [r.throughput for r in finite], marker="o", label=policy)
-        ax2.plot(x, [r.pct("ttft", 95) for r in finite], marker="o", label=policy)
-        sat = [r for r in results if math.isinf(r.rate)]
-        if sat:
-            ax1.axhline(sat[0].throughput, linestyle=":", color=ax1.lines[-1].get_color(), linewidth=1)
-    ax1.set(xlabel="request rate (req/s)", ylabel="output tokens / s",
-            title="throughput (dotted: all requests at t = 0)")
-    ax2.set(xlabel="request rate (req/s)", ylabel="p95 TTFT (s)", yscale="log", title="p95 time to first token")
-    ax1.grid(alpha=0.3)
-    ax2.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
+    rates = [r.rate for r in next(iter(runs.values()))]
+    finite = [r for r in rates if not math.isinf(r)]
+    top = max(finite) * 1.25 if finite else 1.0  # where "all at t = 0" goes on the x axis
+    xs = [top if math.isinf(r) else r for r in rates]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=72)
+    panels = [("output tokens / s", lambda r: r.throughput, "throughput", "linear"),
+              ("p95 TTFT (s)", lambda r: r.pct("ttft", 95), "p95 time to first token", "log"),
+              ("p99 TPOT (ms)", lambda r: 1e3 * r.pct("tpot", 99), "p99 time per output token", "log")]
+    for ax, (ylabel, value, title_, yscale) in zip(axes, panels):
+        for policy, results in runs.items():
+            ax.plot(xs, [value(r) for r in results], marker="o", markersize=4, label=policy)
+        ticks = [x for x in ax.get_xticks() if 0 <= x < max(finite, default=0) * 1.1]
+        ax.set_xticks(ticks + ([top] if top not in ticks and any(map(math.isinf, rates)) else []))
+        ax.set_xticklabels([f"{t:g}" for t in ticks] + (["all\nat 0"] if any(map(math.isinf, rates)) else []))
+        ax.set(xlabel="request rate (req/s)", ylabel=ylabel, title=title_, yscale=yscale)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -281,10 +292,11 @@ def step_cost(scheduler_cls: Callable[..., Any], running: int, *, steps: int = 6
     """Seconds of one schedule() + update() with `running` requests all decoding: the fastest
     of `steps` steps, each timed alone (a short timing that another process did not
     interrupt; the minimum is what the code costs). Raises if not every request ran."""
+    max_new = steps + 8  # nobody finishes while timed; room reserved for all of it
     sched = scheduler_cls(max_num_seqs=running, max_num_batched_tokens=16 * running,
-                          num_blocks=running * (3 + steps // 16), block_size=16)
+                          num_blocks=running * -(-(16 + max_new - 1) // 16), block_size=16)
     for i in range(running):
-        sched.add_request(i, 16, 10 ** 9)
+        sched.add_request(i, 16, max_new)
     for _ in range(2):  # prefill every prompt, then one warm-up decode step
         sched.update(sched.schedule())
     best = float("inf")
@@ -317,9 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", default=None, help="stubs (default), reference, or a folder")
     parser.add_argument("--out", default=None, help="PNG path (default: simulate.png here, "
                         "for --impl reference; else simulate_<impl>.png in the current folder)")
-    parser.add_argument("--quick", action="store_true", help="3 rates, 300 requests")
+    parser.add_argument("--quick", action="store_true", help="3 rates, 300 requests: a minute less")
     parser.add_argument("--requests", type=int, default=None, help="requests per trace")
     parser.add_argument("--bench", action="store_true", help="only the scheduler's cost per step")
+    parser.add_argument("--prompt-scale", type=int, default=1,
+                        help="multiply every prompt (8: RAG-like, up to 8192 tokens)")
     args = parser.parse_args(argv)
     impl = args.impl or os.environ.get("KATA_IMPL") or "stubs"
     try:
@@ -331,9 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         num = args.requests or (300 if args.quick else TRACE_REQUESTS)
         rates = QUICK_RATES if args.quick else RATES
-        print(f"trace: {num} requests, seed {TRACE_SEED}; LLaMA-3-8B bf16 on one H200 "
-              f"({NUM_BLOCKS} KV blocks of {BLOCK_SIZE} tokens)")
-        runs = sweep(scheduler_cls, rates, num)
+        print(f"trace: {num} requests, seed {TRACE_SEED}, prompts x{args.prompt_scale}; LLaMA-3-8B "
+              f"bf16 on one H200 ({NUM_BLOCKS} KV blocks of {BLOCK_SIZE} tokens)")
+        runs = sweep(scheduler_cls, rates, num, prompt_scale=args.prompt_scale)
     except BaseException as exc:  # the stub's TODO (KataTodo is a BaseException)
         if isinstance(exc, NotImplementedError) or type(exc).__name__ == "KataTodo":
             print(f"TODO: the scheduler is not implemented yet ({exc}). Read katas/10_scheduler/README.md.")
@@ -345,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         path = HERE / "simulate.png"
     else:
         path = Path.cwd() / f"simulate_{Path(impl).name}.png"
-    plot(runs, path, f"LLaMA-3-8B on one H200, {num} requests of a ShareGPT-like trace, "
+    scale = f", prompts x{args.prompt_scale}" if args.prompt_scale != 1 else ""
+    plot(runs, path, f"LLaMA-3-8B on one H200, {num} requests of a ShareGPT-like trace{scale}, "
          f"scheduler: {impl}")
     print(f"plot: {path}")
     return 0
