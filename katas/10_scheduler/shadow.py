@@ -19,6 +19,7 @@ tokens of it; when a step ends with processed == known, it emits one token
 """
 from __future__ import annotations
 
+import numbers
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Hashable
@@ -128,12 +129,12 @@ class Shadow:
                 self.fail("num_tokens", f"schedules {rid!r}, which was never added")
             if req.state == "finished":
                 self.fail("num_tokens", "schedules a request that already finished", rid)
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
                 self.fail("num_tokens", f"each value must be an int >= 1 (a request that does "
                           f"not run is left out), got {n!r}", rid)
             if n > req.known - req.processed:
-                restarted = (" It was preempted: it restarts from 0 processed tokens, reprocesses "
-                             "its prompt + generated tokens, and emits its next token only once "
+                restarted = ("\nIt was preempted: it restarts from 0 processed tokens, reprocesses "
+                             "its prompt + generated tokens,\nand emits its next token only once "
                              "all of them are processed." if req.preemptions else "")
                 self.fail("no request runs more tokens than it has unprocessed",
                           f"scheduled {n} tokens, but only known - processed = {req.known} - "

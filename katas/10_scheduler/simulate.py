@@ -61,7 +61,7 @@ GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of HBM for weights + KV cac
 STEP_OVERHEAD_S = 1.0e-3  # per step: launch, sampling, the scheduler, host <-> device
 BLOCK_SIZE = 16
 NUM_BLOCKS = int((HBM_BYTES * GPU_MEMORY_UTILIZATION - WEIGHT_BYTES)
-                 // (KV_BYTES_PER_TOKEN * BLOCK_SIZE))  # 52,844 blocks: 845,504 tokens
+                 // (KV_BYTES_PER_TOKEN * BLOCK_SIZE))  # 52,852 blocks: 845,632 tokens
 
 
 def step_seconds(chunks: list[tuple[int, int]]) -> float:
