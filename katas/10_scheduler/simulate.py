@@ -129,12 +129,12 @@ class Result:
     def line(self) -> str:
         rate = "  inf" if math.isinf(self.rate) else f"{self.rate:5.1f}"
         ms = lambda what, q: f"{1e3 * self.pct(what, q):8.0f}"  # noqa: E731
-        return (f"{self.policy:<24}{rate}{self.throughput:9.0f}"
+        return (f"{self.policy:<26}{rate}{self.throughput:9.0f}"
                 + "".join(ms("ttft", q) for q in (50, 95, 99))
                 + "".join(ms("tpot", q) for q in (50, 95, 99)) + f"{self.steps:8d}{self.preemptions:6d}")
 
 
-HEADER = (f"{'policy':<24}{'rate':>5}{'tok/s':>9}{'TTFT p50':>9}{'p95':>8}{'p99':>8}"
+HEADER = (f"{'policy':<26}{'rate':>5}{'tok/s':>9}{'TTFT p50':>9}{'p95':>8}{'p99':>8}"
           f"{'TPOT p50':>9}{'p95':>8}{'p99':>8}{'steps':>8}{'preem':>6}   (ms)")
 
 

@@ -344,6 +344,11 @@ class TestTask5Simulator:
             f"allow, without waiting for the running ones to finish?")
 
 
+# Task 5's settings (README, Task 5): the first 400 requests of the shipped trace, all at
+# t = 0, with at most 64 sequences (so the queue stays long); then 200 requests at 10
+# requests/s, a quarter of what the chunked configuration sustains (~37 requests/s). Any
+# correct scheduler that uses its budget clears both bars by far (ours: x6.2 and 16 ms;
+# a scheduler that chunks prompts 3 tokens at a time: 0.8 s); static batching: x1, 16 s.
 SAT_REQUESTS = 400
 SAT_CONFIG = _sibling("simulate").Config(max_num_seqs=64, max_num_batched_tokens=512)
 REF_SAT_RATIO = 6.2
