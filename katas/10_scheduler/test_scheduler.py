@@ -295,13 +295,16 @@ class TestTask4Robustness:
         drive(make_workload(seed, flavor))
 
     def test_cost_per_step_grows_at_most_linearly(self) -> None:
+        # 16x the requests may cost at most 32x the time: twice linear, robust to noise (each
+        # figure is the fastest of 60 steps timed one by one), while a scan of the running
+        # list inside the per-request loop (quadratic) lands far above.
         sim = _sibling("simulate")
-        small, large = sim.step_cost(m.Scheduler, 64), sim.step_cost(m.Scheduler, 256)
-        assert large < 8 * small, (
+        small, large = sim.step_cost(m.Scheduler, 64), sim.step_cost(m.Scheduler, 1024)
+        assert large < 32 * small, (
             f"cost grows faster than linearly: schedule() + update() takes {small * 1e6:.0f} us "
-            f"with 64 running requests and {large * 1e6:.0f} us with 256 (x{large / small:.1f}; "
-            f"linear is x4, the check allows x8). Look for a scan inside a loop over requests: "
-            f"`x in some_list`, list.remove, list.pop(0), list.index")
+            f"with 64 running requests and {large * 1e6:.0f} us with 1024 (x{large / small:.1f}; "
+            f"linear is x16, the check allows x32).\n  Look for a scan inside a loop over "
+            f"requests: `x in some_list`, list.remove, list.pop(0), list.index, list.insert(0, x)")
 
     def test_cost_per_step_at_256_running(self) -> None:
         cost = _sibling("simulate").step_cost(m.Scheduler, 256)
