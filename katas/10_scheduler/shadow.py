@@ -254,8 +254,12 @@ def _wrap(text: str, width: int = 200) -> str:
 
 
 def _short(x: Any, limit: int = 12) -> str:
-    items = list(x.items()) if isinstance(x, dict) else list(x)
-    text = ", ".join(f"{k!r}: {v}" if isinstance(x, dict) else repr(k) for k, v in
-                     (items if isinstance(x, dict) else [(i, None) for i in items])[:limit])
+    """A dict or list for a message, cut after `limit` items."""
+    if isinstance(x, dict):
+        items = [f"{k!r}: {v}" for k, v in x.items()]
+        ends = "{}"
+    else:
+        items = [repr(k) for k in x]
+        ends = "[]"
     more = f", ... ({len(items)} in all)" if len(items) > limit else ""
-    return ("{" + text + more + "}") if isinstance(x, dict) else ("[" + text + more + "]")
+    return ends[0] + ", ".join(items[:limit]) + more + ends[1]

@@ -194,7 +194,9 @@ class TestTask1Basics:
 
     def test_one_request_from_prompt_to_finish(self) -> None:
         shadow = drive(W([("a", 0, 5, 3)], name="one request, prompt 5, max_new_tokens 3"))
-        assert len(shadow.reqs["a"].token_steps) == 3
+        steps = shadow.reqs["a"].token_steps
+        assert len(steps) == 3, (f"each request finishes with exactly max_new_tokens: 'a' "
+                                 f"(prompt 5, max_new_tokens 3) emitted at steps {steps}")
 
     def test_max_new_tokens_one_finishes_with_its_prompt(self) -> None:
         drive(W([("a", 0, 4, 1), ("b", 0, 1, 1)], name="max_new_tokens=1"))
