@@ -327,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="simulate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", default=None, help="stubs (default), reference, or a folder")
-    parser.add_argument("--out", default=None, help="PNG path (default: simulate.png here, "
-                        "for --impl reference; else simulate_<impl>.png in the current folder)")
+    parser.add_argument("--out", default=None, help="PNG path (default, in this folder: simulate.png for "
+                        "--impl reference, simulate_yours.png for stubs, else simulate_<folder>.png)")
     parser.add_argument("--quick", action="store_true", help="3 rates, 300 requests: a minute less")
     parser.add_argument("--requests", type=int, default=None, help="requests per trace")
     parser.add_argument("--bench", action="store_true", help="only the scheduler's cost per step")
@@ -357,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.out)
     elif impl == "reference":
         path = HERE / "simulate.png"
-    else:
-        path = Path.cwd() / f"simulate_{Path(impl).name}.png"
+    else:  # ignored by git (katas/10_scheduler/.gitignore)
+        path = HERE / f"simulate_{'yours' if impl == 'stubs' else Path(impl).name}.png"
     scale = f", prompts x{args.prompt_scale}" if args.prompt_scale != 1 else ""
     plot(runs, path, f"LLaMA-3-8B on one H200, {num} requests of a ShareGPT-like trace{scale}, "
          f"scheduler: {impl}")
