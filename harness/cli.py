@@ -11,6 +11,8 @@ USAGE = """usage: python kata.py COMMAND [--help]
   check NN [--task N] [pytest args]   run kata NN's checks on your stubs
                                       (the same as: pytest katas/NN --task N)
   status [--impl PATH] [--run]        every kata, task by task, from your last runs
+  simulate [--impl PATH] [--quick]    kata 10's serving simulator: your scheduler against
+                                      static batching (throughput, TTFT, TPOT, a plot)
   selftest [--kata NN] [-j N]         the suite's self-test: reference passes, stubs fail
                                       cleanly, every planted bug is caught
 """
@@ -21,6 +23,20 @@ Runs kata NN's checks against your stubs (stubs/<module>.py), exactly as
 `pytest katas/NN` does; --task N runs only the checks of Task N of the kata's README.
 Any other argument goes to pytest: --impl reference, -x, -k NAME, --tb=long, -m gpu.
 """
+
+
+def _run_kata_script(number: str, script: str, argv: list[str]) -> int:
+    """Run a kata's own script (e.g. katas/10_scheduler/simulate.py) through its main()."""
+    import importlib.util
+
+    path = ROOT / "katas" / KATAS[number][0] / script
+    name = f"kata{number}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return int(module.main(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         from harness import status
 
         return status.main(rest)
+    if command == "simulate":
+        return _run_kata_script("10", "simulate.py", rest)
     print(f"unknown command {command!r}\n")
     print(USAGE)
     return 2
