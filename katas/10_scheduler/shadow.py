@@ -108,6 +108,11 @@ class Shadow:
         # Preemptions first: each frees its blocks and restarts from zero processed tokens.
         if len(set(preempted)) != len(preempted):
             self.fail("preempted list", f"a request appears twice in preempted={list(preempted)}")
+        both = sorted(set(preempted) & set(num_tokens), key=str)
+        if both:  # rule 5: a preempted request waits at least one step
+            self.fail("preemption", f"{both[0]!r} is both preempted and scheduled in this step: a "
+                      "request you preempt frees its blocks and waits (rule 5); scheduling it again "
+                      "in the same step usually means it chose itself as the victim", both[0])
         group = []
         for rid in preempted:
             req = self.reqs.get(rid)
