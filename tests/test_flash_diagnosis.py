@@ -199,6 +199,13 @@ class TestWeightsProbe:
         support[:, :32] = False
         says("some key tiles are skipped", self._diag(support, causal=False))
 
+    def test_later_query_tiles_never_computed(self):
+        e = _weights(self.sq, self.sk, self.d, visible(self.sq, self.sk, False))
+        a = e.clone()
+        a[..., 16:, :] = 0.0  # rows of the second query tile left as allocated
+        text = diagnose(a, e, shapes=self.s, causal=False, kind="weights", atol=1e-3, rtol=1e-2)
+        says("never computed", text)
+
     def test_padded_keys_share_the_weight(self):
         e = _weights(self.sq, self.sk, self.d, visible(self.sq, self.sk, False))
         a = e * self.sk / 48  # 8 padded keys of score 0 and value 0 in the normaliser

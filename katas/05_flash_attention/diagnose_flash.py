@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import assert_close as _assert_close
+
 # fp16/bf16 results against float64 math on the same (rounded) inputs. The output is
 # rounded once to the input dtype, the probabilities may be rounded to it before the
 # P @ V matmul (tensor cores), and an implementation may also round q * scale or the
@@ -99,6 +101,13 @@ def wrap(hint: str, width: int = 200) -> str:
         else:
             lines[-1] = f"{lines[-1]} {part}" if lines[-1] else part
     return "\n        ".join(lines)
+
+
+def assert_close(actual, expected, *, hint: str = "", **kw) -> None:
+    """harness.assert_close with the hint on lines short enough to be shown whole. It lives
+    here, not in the test file, so that a failure's `check:` line is the test's own."""
+    __tracebackhide__ = True
+    _assert_close(actual, expected, hint=wrap(hint), **kw)
 
 
 def looks_like_interpreter_garbage(actual: torch.Tensor, expected: torch.Tensor) -> bool:
@@ -229,6 +238,13 @@ def diagnose(actual: torch.Tensor, expected: torch.Tensor, *, shapes: Shapes, ca
 
     # 4. the probe: column j is the weight of key j
     if kind == "weights" and ok("weights"):
+        q_bad = row_bad.any(dim=(0, 1))  # (Sq,)
+        r0 = int(q_bad.nonzero()[0])
+        if not causal and r0 > 0 and r0 % 16 == 0 and bool(q_bad[r0:].all()):
+            return (f"queries {r0}..{s.Sq - 1} are wrong and queries 0..{r0 - 1} right: the query "
+                    f"tiles after the first {r0} queries are never computed (or never stored). "
+                    "Launch one program per query tile, cdiv(Sq, BLOCK_M) of them per (batch, "
+                    "head), with start_m = pid_m * BLOCK_M, and mask the rows past Sq")
         aw, ew = a[..., : s.Sk], e[..., : s.Sk]
         sup = aw > 0.25 / s.Sk  # every visible key has weight >= 1 / Sk in the probe
         extra = sup & ~vis

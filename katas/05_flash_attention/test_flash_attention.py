@@ -25,12 +25,11 @@ import torch
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from harness import assert_close as _assert_close
 from harness import assert_triton_ran, count_triton_launches, load_kata_module, max_examples
 
 sys.path.insert(0, os.path.dirname(__file__))
 from diagnose_flash import (  # noqa: E402
-    LSE_TOL, NO_KEY, OUT_TOL, Shapes, describe_error, diagnose, expected_attention,
+    LSE_TOL, assert_close, NO_KEY, OUT_TOL, Shapes, describe_error, diagnose, expected_attention,
     looks_like_interpreter_garbage, visible, wrap,
 )
 
@@ -42,12 +41,6 @@ HEAD_DIMS = [64, 128] if ON_GPU else [16, 32]
 ALL_HEAD_DIMS = [16, 32, 64, 128]  # the contract's
 MAX_LEN = 700 if ON_GPU else 40  # CPU: up to three 16-wide tiles, under the interpreter
 D_CPU = 64 if ON_GPU else 16  # the head dim of checks where it does not matter
-
-
-def assert_close(actual, expected, *, hint: str = "", **kw) -> None:
-    """harness.assert_close with the hint on lines short enough to be shown whole."""
-    __tracebackhide__ = True
-    _assert_close(actual, expected, hint=wrap(hint), **kw)
 
 
 def dname(dtype: torch.dtype) -> str:
@@ -270,6 +263,7 @@ def weights_probe(device, sq, sk, causal, collect=False):
         check_no_key_rows(out, None, s, causal, what, inputs)
         hint = diagnose(out, expected, shapes=s, causal=causal, kind="weights", atol=atol,
                         rtol=rtol, allow={"nokey", "weights"})
+        no_nan(out, expected, what=what, inputs=inputs, hint=hint)  # fp16: NaN is not garbage
         assert_close(out, expected, what=what, inputs=inputs, atol=atol, rtol=rtol, hint=hint)
     except AssertionError as e:
         if not collect:
