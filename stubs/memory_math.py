@@ -6,7 +6,7 @@ cache, how many tokens fit beside the weights, and whether a matmul is limited b
 bandwidth or by arithmetic. Read katas/01_memory_math/README.md, then fill in each
 function. Run `pytest katas/01` to see how far you got.
 
-Conventions (shared/KATAS.md, section memory_math):
+Conventions (docs/CONTRACT.md, section memory_math):
 - Byte counts are Python ints. A dtype size may be fractional (0.5 bytes for int4):
   round the total up to whole bytes.
 - A shape that cannot exist (a size <= 0, num_heads not a multiple of num_kv_heads)
@@ -49,7 +49,9 @@ def param_count(m: ModelShape) -> int:
 
     Walk the model: the embedding, per layer four attention projections (mind num_kv_heads
     and head_dim), three MLP matrices and two RMSNorm weights, the final norm, and lm_head
-    (not a second time when tied). ValueError for a shape that cannot exist.
+    (not a second time when tied). ValueError for a shape that cannot exist. For shapes
+    transformers refuses to build (odd head_dim, hidden_size not a multiple of num_heads),
+    the same structural count.
     """
     raise NotImplementedError("Task 1: count the parameters of a LLaMA-style model")
 
@@ -104,6 +106,7 @@ def decode_step_seconds(m: ModelShape, batch: int, context_len: int, bytes_per_s
     """Lower bound (seconds) of one decode step, from memory bandwidth alone.
 
     One step reads every weight once and, for each of the `batch` sequences, its KV cache
-    of context_len tokens once; weights and cache use dtype_bytes per value.
+    of context_len tokens once; weights and cache use dtype_bytes per value. The byte count
+    may be exact (fractional for int4) or rounded up (weight_bytes + kv_cache_bytes).
     """
     raise NotImplementedError("Task 3: bytes one decode step must read, over the bandwidth")
