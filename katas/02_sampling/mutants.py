@@ -224,4 +224,25 @@ MUTANTS: list[Mutant] = [
                 "    flat[idx] = torch.where(seen, penalised, logits).reshape(-1)[idx]\n"
                 "    return out",
     ),
+    Mutant(
+        "sample_reseeds_generator",
+        "draws from a fresh generator seeded with generator.initial_seed(): every call repeats "
+        "the same random numbers, so a request's decode steps are not independent",
+        find="torch.multinomial(probs, 1, generator=generator)",
+        replace="torch.multinomial(probs, 1, generator=None if generator is None else "
+                "torch.Generator(probs.device).manual_seed(generator.initial_seed()))",
+    ),
+    Mutant(
+        "top_k_uses_batch_max",
+        "a (B,) top_k tensor is applied as its largest entry to every row",
+        find="    k = torch.where((k <= 0) | (k > V), V, k).long()  # 0 or k >= V: no limit",
+        replace="    k = torch.where((k <= 0) | (k > V), V, k).long()  # 0 or k >= V: no limit\n"
+                "    k = k.max().expand_as(k)",
+    ),
+    Mutant(
+        "temperature_per_row_uses_mean",
+        "a (B,) temperature tensor is averaged into one temperature for the batch",
+        find="    z = logits / torch.where(greedy, torch.ones_like(t), t)  # (B, V)",
+        replace="    z = logits / torch.where(greedy, torch.ones_like(t), t).mean()  # (B, V)",
+    ),
 ]

@@ -16,7 +16,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from harness import assert_close, load_kata_module
+from harness import assert_close, load_kata_module, max_examples
 
 m = load_kata_module("sampling")
 
@@ -463,7 +463,7 @@ class TestTask5Pipeline:
             assert torch.equal(v, before[n]), f"filtered_probs changed its {n} tensor"
         assert torch.equal(logits, before["logits"]), "filtered_probs changed its input logits"
 
-    @settings(max_examples=60)
+    @settings(max_examples=max_examples(60))
     @given(case=cases())
     def test_matches_definition_with_every_filter_and_per_row_parameters(self, case: Case) -> None:
         out = m.filtered_probs(case.logits, **case.params)
@@ -507,7 +507,7 @@ class TestTask5Pipeline:
         for name, logits in (("a transposed (10, 12) tensor, first 6 rows", base.t()[:6]),
                              ("every other row", base[::2]),
                              ("every other column", base[:6, ::2])):
-            assert not logits.is_contiguous()
+            assert not logits.is_contiguous(), f"test setup: {name} should not be contiguous"
             out = m.filtered_probs(logits, **kw)
             assert_close(out, m.filtered_probs(logits.contiguous(), **kw),
                          what=f"filtered_probs of {name} (non-contiguous) vs a contiguous copy",
@@ -620,7 +620,7 @@ class TestTask6Sample:
         logits = torch.tensor([base] * len(configs))
         params = {name: torch.tensor([c[name] for c in configs]) for name in configs[0]}
         expected, amb = oracle(logits, **dict(zip(("t", "k", "p", "mp"), params.values())))
-        assert not any(amb)
+        assert not any(amb), "test setup: a row of this fixed case sits on a top-p/min-p threshold"
         rep = {name: v.repeat_interleave(n) for name, v in params.items()}
         tokens = m.sample(logits.repeat_interleave(n, 0), **rep,
                           generator=torch.Generator().manual_seed(2024))
@@ -653,6 +653,26 @@ class TestTask6Sample:
             "two calls with generators seeded alike (and different global seeds) drew different "
             "tokens: pass generator= to every random call (torch.multinomial(..., generator=g))")
         assert not torch.equal(a, c), "generators with different seeds drew the same 64 tokens"
+
+    def test_generator_advances_between_calls(self) -> None:
+        """A server calls sample once per decode step with the request's one generator, so
+        consecutive calls must draw fresh numbers from it (not restart from its seed). 64 rows
+        uniform over 16 tokens: a correct sampler repeats all 64 tokens with probability
+        16^-64."""
+        logits = torch.zeros(64, 16)
+        g = torch.Generator().manual_seed(5)
+        a = m.sample(logits, generator=g)
+        b = m.sample(logits, generator=g)
+        assert not torch.equal(a, b), (
+            "two consecutive sample() calls with the same generator drew the same 64 tokens (rows "
+            "uniform over 16 tokens): the generator's state must advance, so draw from it directly "
+            "(torch.multinomial(probs, 1, generator=generator)); do not copy it or re-seed a new "
+            "one from generator.initial_seed()")
+        g2 = torch.Generator().manual_seed(5)
+        a2, b2 = m.sample(logits, generator=g2), m.sample(logits, generator=g2)
+        assert torch.equal(a, a2) and torch.equal(b, b2), (
+            "the same seed must reproduce the same sequence of calls: generators seeded with 5 "
+            "gave different tokens on the first or second call")
 
     def test_temperature_zero_rows_are_greedy(self) -> None:
         logits = grid_logits(11, 6, 12, distinct=5, banned=0.2)
