@@ -151,6 +151,15 @@ class AllocatorMachine(RuleBasedStateMachine):
     def allocate_short(self, seq: int, num_tokens: int) -> None:
         self.allocate(seq, num_tokens)  # a second rule: more sequences live at once
 
+    @precondition(lambda self: hasattr(self, "alloc") and len(self.tables) < 10)
+    @rule(leave=st.integers(0, 1), partial=st.booleans())
+    def fill_pool(self, leave: int, partial: bool) -> None:
+        """A new sequence takes all free blocks but `leave`: the pool runs short (its last
+        block partly filled when `partial` and block_size > 1)."""
+        blocks = max(0, self.N - len(self.held()) - leave)
+        num_tokens = max(0, blocks * self.bs - (1 if partial and blocks else 0))
+        self.allocate(min(set(range(10)) - set(self.tables)), num_tokens)
+
     @precondition(lambda self: len(self.tables) >= 4)
     @rule()
     def free_everything(self) -> None:
@@ -358,7 +367,7 @@ class TestTask1BlockTables:
         assert a.num_free_blocks == 6, f"after freeing everything num_free_blocks = {a.num_free_blocks}"
 
     def test_random_allocate_and_free(self) -> None:
-        run_machine(AllocatorMachine, examples=25, steps=25)
+        run_machine(AllocatorMachine, examples=30, steps=25)
 
 
 # ================================================================= Task 2
@@ -426,7 +435,7 @@ class TestTask3Append:
             "append('s') (num_tokens defaults to 1) after 4 tokens must give 5 tokens in 2 blocks")
 
     def test_random_allocate_append_free(self) -> None:
-        run_machine(AppendMachine, examples=30, steps=25)
+        run_machine(AppendMachine, examples=40, steps=25)
 
 
 # ================================================================= Task 4
@@ -524,7 +533,7 @@ class TestTask4ForkCopyOnWrite:
         assert len(copies) == 1, f"append('p', 2) into the shared block must copy it once, got {copies}"
 
     def test_random_allocate_append_fork_free(self) -> None:
-        run_machine(ForkMachine, examples=50, steps=30)
+        run_machine(ForkMachine, examples=80, steps=30)
 
 
 # ================================================================= Task 5

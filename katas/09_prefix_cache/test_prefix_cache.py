@@ -93,6 +93,7 @@ class Model:
 
 # ---------------------------------------------------------------- the machines
 TOKENS = st.lists(st.integers(0, 2), max_size=7)  # 3 token ids: many shared prefixes and splits
+WHICH = st.integers(0, 63)  # picks one of the cached paths (index modulo their number)
 
 
 class PrefixMachine(RuleBasedStateMachine):
@@ -138,7 +139,7 @@ class PrefixMachine(RuleBasedStateMachine):
     def insert(self, tokens: list[int]) -> None:
         self.do_insert(tokens)
 
-    @rule(which=st.integers(0, 10**6), extra=st.lists(st.integers(0, 2), max_size=3))
+    @rule(which=WHICH, extra=st.lists(st.integers(0, 2), max_size=3))
     def insert_extending(self, which: int, extra: list[int]) -> None:
         self.do_insert(self.cached_prefix(which, extra))
 
@@ -146,7 +147,7 @@ class PrefixMachine(RuleBasedStateMachine):
     def match(self, tokens: list[int]) -> None:
         self.do_match(tokens)
 
-    @rule(which=st.integers(0, 10**6), extra=st.lists(st.integers(0, 2), max_size=2))
+    @rule(which=WHICH, extra=st.lists(st.integers(0, 2), max_size=2))
     def match_cached(self, which: int, extra: list[int]) -> None:
         self.do_match(self.cached_prefix(which, extra))
 
@@ -178,11 +179,20 @@ class EvictMachine(PrefixMachine):
 class PinMachine(EvictMachine):
     """Task 3: everything, with pins."""
 
-    @rule(which=st.integers(0, 10**6))
+    @rule(which=WHICH)
     def lock_cached(self, which: int) -> None:
         self.do_lock(self.cached_prefix(which, []))  # a legal lock: any cached path
 
-    @rule(tokens=TOKENS)
+    @rule(which=WHICH, k=st.integers(1, 2))
+    def lock_release_evict(self, which: int, k: int) -> None:
+        """A request pins its prefix and finishes (no net pin, and no use either); then
+        memory runs short."""
+        tokens = self.cached_prefix(which, [])
+        self.do_lock(tokens)
+        self.do_unlock(tokens)
+        self.evict(k)
+
+    @rule(tokens=TOKENS.filter(bool))
     def lock(self, tokens: list[int]) -> None:
         self.do_lock(tokens)
 
@@ -204,12 +214,17 @@ class PinMachine(EvictMachine):
         return sorted(p for p in self.model.d if self.model.unpinnable(p))
 
     @precondition(lambda self: hasattr(self, "model") and bool(self.unpinnable_paths()))
-    @rule(which=st.integers(0, 10**6))
+    @rule(which=WHICH)
     def unlock_pinned(self, which: int) -> None:
         """A legal unlock: a cached path whose every token holds a pin (the whole of a
         locked sequence, or a prefix of one)."""
         paths = self.unpinnable_paths()
         self.do_unlock(list(paths[which % len(paths)]))
+
+    @rule(which=WHICH)
+    def unlock_cached(self, which: int) -> None:
+        """A cached path, pinned or not: ValueError unless every token holds a pin."""
+        self.do_unlock(self.cached_prefix(which, []))
 
     @rule(tokens=TOKENS)
     def unlock(self, tokens: list[int]) -> None:
@@ -296,7 +311,7 @@ class TestTask1MatchInsert:
         assert cache.insert([], []) == 0, "insert([], []) must return 0"
 
     def test_random_insert_and_match(self) -> None:
-        run_machine(PrefixMachine, examples=25, steps=25)
+        run_machine(PrefixMachine, examples=30, steps=25)
 
 
 # ================================================================= Task 2
@@ -356,7 +371,7 @@ class TestTask2Evict:
         assert list(cache.match([1, 2])) == [], "a token was still cached after evict(100)"
 
     def test_random_insert_match_evict(self) -> None:
-        run_machine(EvictMachine, examples=30, steps=25)
+        run_machine(EvictMachine, examples=40, steps=25)
 
 
 # ================================================================= Task 3
@@ -423,7 +438,7 @@ class TestTask3Pins:
         assert got == [10], f"lock/unlock must not count as a use: [1] is the older, got {got}"
 
     def test_random_operations_with_pins(self) -> None:
-        run_machine(PinMachine, examples=40, steps=30)
+        run_machine(PinMachine, examples=60, steps=30)
 
 
 # ================================================================= Task 4
