@@ -612,11 +612,15 @@ class TestTask3DecodeTime:
     def test_monotone_and_default_dtype(self, s, batch, context_len):
         m = shape(s)
         t = mm.decode_step_seconds(m, batch, context_len, 1e12)
-        assert t == mm.decode_step_seconds(m, batch, context_len, 1e12, 2), \
-            "the default dtype_bytes is 2"
-        assert mm.decode_step_seconds(m, batch + 1, context_len, 1e12) > t, \
-            "one more sequence reads one more KV cache: the step must take longer"
-        assert mm.decode_step_seconds(m, batch, context_len + 1, 1e12) > t, \
-            "a longer context reads more KV: the step must take longer"
-        assert math.isclose(mm.decode_step_seconds(m, batch, context_len, 2e12), t / 2,
-                            rel_tol=1e-12), "twice the bandwidth must halve the time"
+        where = f"batch={batch}, context_len={context_len}, bytes_per_s=1e12; shape {s}"
+        t2 = mm.decode_step_seconds(m, batch, context_len, 1e12, 2)
+        assert t == t2, f"the default dtype_bytes is 2: {t:.6g} s by default, {t2:.6g} s with 2; {where}"
+        more = mm.decode_step_seconds(m, batch + 1, context_len, 1e12)
+        assert more > t, (f"one more sequence reads one more KV cache: the step must take longer, "
+                          f"got {t:.6g} s -> {more:.6g} s for batch + 1; {where}")
+        longer = mm.decode_step_seconds(m, batch, context_len + 1, 1e12)
+        assert longer > t, (f"a longer context reads more KV: the step must take longer, got "
+                            f"{t:.6g} s -> {longer:.6g} s for context_len + 1; {where}")
+        fast = mm.decode_step_seconds(m, batch, context_len, 2e12)
+        assert math.isclose(fast, t / 2, rel_tol=1e-12), (
+            f"twice the bandwidth must halve the time: {t:.6g} s at 1e12 B/s, {fast:.6g} s at 2e12; {where}")
