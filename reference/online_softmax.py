@@ -127,7 +127,10 @@ def _fused_configs() -> list[triton.Config]:
 def _prune_fused(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Keep 8 to 32 values per thread: fewer leaves too few bytes in flight per SM, more
     spills registers (on an H100 and an H200 the best config of every perf case was in this
-    range, or within 1% of one that was). Keep the
+    range, or within 1% of one that was). Rows of up to 4096 columns: at most 2 rows a tile;
+    timed with the perf harness's method on an H200 (scripts/softmax_config_sweep.py), the
+    1- and 2-row tiles led at 1k and 4k columns and 4- to 8-row tiles ran 2-15% slower, a gap
+    the autotuner's own quick timing could miss. Keep the
     persistent configs only for rows too big for two tiles to share an SM (a tile of 32 KiB
     or more) whose 3-stage prefetch fits in shared memory."""
     block_n = kwargs["BLOCK_N"]
@@ -137,7 +140,8 @@ def _prune_fused(configs: list[triton.Config], named_args: dict, **kwargs) -> li
         return c.kwargs["BLOCK_M"] * block_n // (32 * c.num_warps)
 
     kept = [c for c in configs if per_thread(c) in (8, 16, 32) and (
-        c.kwargs["PROGRAMS_PER_SM"] == 0 or 32 * 1024 <= tile_bytes and 3 * tile_bytes <= 192 * 1024)]
+        c.kwargs["PROGRAMS_PER_SM"] == 0 or 32 * 1024 <= tile_bytes and 3 * tile_bytes <= 192 * 1024)
+        and (block_n > 4096 or c.kwargs["BLOCK_M"] <= 2)]
     return kept or [max(configs, key=lambda c: (per_thread(c) <= 64, per_thread(c), -c.num_warps))]
 
 
