@@ -3,6 +3,11 @@
 Expected values never come from the module under test: they are float64
 `torch.nn.functional.scaled_dot_product_attention` with an explicit boolean mask built
 here (and K/V expanded with repeat_interleave for GQA), or a brute-force loop.
+
+A failing check adds the diagnosis of the small "probes" below that fail: a hint that
+names a bug comes only from the probe that isolates that bug, and only the most basic
+failing probe speaks (see "diagnosis: probes"). Inside each task class the contract checks
+come first, then the small targeted checks, then the hypothesis properties.
 """
 from __future__ import annotations
 
@@ -206,8 +211,8 @@ def probe_basic(device) -> Diagnosis:
         return None
     s = q @ k.transpose(-1, -2)
     where = "(probe: one head, Sq=3, Sk=5, D=4, no mask)"
-    mine = [t.clone() for t in (q, k, v)]
-    call(device, *mine)
+    mine = [t.clone().to(device) for t in (q, k, v)]
+    m.attention(*mine)
     changed = [name for name, t, b in zip("qkv", mine, (q, k, v)) if not torch.equal(t.cpu(), b)]
     if changed:
         return (f"attention changes its input {changed[0]} in place, so the caller's tensor (and "
