@@ -61,6 +61,7 @@ def assert_unchanged(before: dict, alloc: Any, seqs, what: str) -> None:
 # ---------------------------------------------------------------- the model and the machine
 IDS = st.integers(0, 9)  # sequence ids; rules that need a live one pick it with `pick`
 
+
 class AllocatorMachine(RuleBasedStateMachine):
     """Task 1: allocate and free in random order against a plain model.
 

@@ -140,8 +140,8 @@ class PrefixMachine(RuleBasedStateMachine):
         self.ops.append(f"insert({tokens}, {values})")
         got = self.cache.insert(list(tokens), list(values))
         want = self.model.insert(tokens, values)
-        assert got == want, (f"insert returned {got}, but the longest cached prefix of {tokens} had "
-                             f"{want} tokens; at {self.where()}")
+        assert got == want, (f"insert({tokens}, ...) returned {got}, but {want} leading tokens were "
+                             f"cached already; at {self.where()}")
 
     def do_match(self, tokens: list[int]) -> None:
         self.ops.append(f"match({tokens})")
@@ -188,7 +188,7 @@ class EvictMachine(PrefixMachine):
         assert got == want, (
             f"evict({k}) returned {got}, expected {want}: one token at a time, the least "
             f"recently used unpinned end of a cached sequence (before this call the ends were, "
-            f"value: (tokens, last use step) {ends}); at {self.where()}")
+            f"value: (tokens, last used by the n-th match/insert) {ends}); at {self.where()}")
 
 
 class PinMachine(EvictMachine):
