@@ -10,6 +10,7 @@ do with them (they were free, they are distinct, shared blocks are never written
 from __future__ import annotations
 
 import gc
+import numbers
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -125,7 +126,7 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     def fresh_blocks(self, blocks: list[int], before_held: set[int], what: str) -> None:
         """New blocks must be in range, distinct, and held by nobody before."""
-        bad = [b for b in blocks if not (isinstance(b, int) and 0 <= b < self.N)]
+        bad = [b for b in blocks if not (isinstance(b, numbers.Integral) and 0 <= b < self.N)]
         assert not bad, f"{what} handed out blocks {bad} outside 0..{self.N - 1}; at {self.where()}"
         assert len(set(blocks)) == len(blocks), (f"{what} handed out the same block twice: "
                                                  f"{blocks}; at {self.where()}")

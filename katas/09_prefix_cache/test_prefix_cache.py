@@ -183,8 +183,13 @@ class EvictMachine(PrefixMachine):
     def evict(self, k: int) -> None:
         self.ops.append(f"evict({k})")
         ends = {self.model.d[p][0]: (list(p), self.model.d[p][1]) for p in self.model.ends()}
+        pinned = [p for p, (_, _, pins) in self.model.d.items() if pins > 0]
+        kept = {self.model.d[p][0]: list(p) for p in self.model.d if any(q[:len(p)] == p for q in pinned)}
         got = list(self.cache.evict(k))
         want = self.model.evict(k)
+        wrong = {v: kept[v] for v in got if v in kept}
+        assert not wrong, (f"evict({k}) removed pinned tokens, or tokens a pinned token extends "
+                           f"(value: tokens) {wrong}; at {self.where()}")
         assert got == want, (
             f"evict({k}) returned {got}, expected {want}: one token at a time, the least "
             f"recently used unpinned end of a cached sequence (before this call the ends were, "
