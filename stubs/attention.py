@@ -30,8 +30,8 @@ def attention(
 
     Returns:
         (B, Hq, Sq, D) in q's dtype. A query that sees no key (all masked) outputs zeros,
-        never NaN; a masked key changes nothing, even with NaN or inf in its K. NaN in q, or
-        in a K/V row a query sees, comes out as NaN for that query (never hidden).
+        never NaN. NaN in q, or in a K/V row a query sees, comes out as NaN for that query
+        (never hidden). (Non-finite K/V of masked keys: no promise either way.)
         q, k, v and the mask are left unmodified.
 
     Raises:

@@ -87,12 +87,6 @@ MUTANTS: list[Mutant] = [
            "probs = probs.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)",
            "probs = torch.nan_to_num(probs, nan=0.0)",
            expect="something hides NaN"),
-    Mutant("mask_as_additive_bias",
-           "adds a -inf bias for masked keys instead of overwriting their scores: a NaN or inf "
-           "in a masked key's K gives NaN + -inf = NaN",
-           'scores = scores.masked_fill(~allowed, float("-inf"))',
-           'scores = scores + torch.zeros_like(scores).masked_fill(~allowed, float("-inf"))',
-           expect="adding a -inf bias"),
     Mutant("padding_first_row",
            "applies key_padding_mask[0] to every batch row",
            "allowed = allowed & key_padding_mask.to(torch.bool)[:, None, None, :]",
