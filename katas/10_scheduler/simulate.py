@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", default=None, help="stubs (default), reference, or a folder")
     parser.add_argument("--out", default=None, help="PNG path (default, in this folder: simulate.png for "
-                        "--impl reference, simulate_yours.png for stubs, else simulate_<folder>.png)")
+                        "--impl reference without --quick, simulate_yours.png for stubs, else simulate_<folder>.png)")
     parser.add_argument("--quick", action="store_true", help="3 rates, 300 requests: a minute less")
     parser.add_argument("--requests", type=int, default=None, help="requests per trace")
     parser.add_argument("--bench", action="store_true", help="only the scheduler's cost per step")
@@ -355,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if args.out:
         path = Path(args.out)
-    elif impl == "reference":
+    elif impl == "reference" and not args.quick:  # the committed plot: the full sweep only
         path = HERE / "simulate.png"
+    elif impl == "reference":
+        path = HERE / "simulate_reference_quick.png"
     else:  # ignored by git (katas/10_scheduler/.gitignore)
         path = HERE / f"simulate_{'yours' if impl == 'stubs' else Path(impl).name}.png"
     scale = f", prompts x{args.prompt_scale}" if args.prompt_scale != 1 else ""
