@@ -10,6 +10,8 @@ Public helpers (the only things a test or a learner's module may import from her
 - `max_examples(n)`          a hypothesis example count that scales with the profile
 - `count_triton_launches()`  context manager counting Triton kernel launches inside it
 - `assert_triton_ran(l, c)`  fail unless those launches include one (no torch fallback)
+- `assert_raises(E, what)`   like pytest.raises, with a message naming the call and the error
+- `load_kata_file(path, n)`  import a kata folder's own helper file (shadow.py, simulate.py)
 """
 from typing import Any
 
@@ -18,7 +20,8 @@ _EXPORTS = {
     "assert_close": "harness.compare", "tolerance": "harness.compare",
     "load_kata_module": "harness.impl", "KATAS": "harness.katas", "Mutant": "harness.mutants",
     "max_examples": "harness.profiles", "count_triton_launches": "harness.triton_probe",
-    "assert_triton_ran": "harness.triton_probe",
+    "assert_triton_ran": "harness.triton_probe", "assert_raises": "harness.helpers",
+    "load_kata_file": "harness.helpers",
 }
 __all__ = list(_EXPORTS)
 

@@ -27,16 +27,10 @@ Any other argument goes to pytest: --impl reference, -x, -k NAME, --tb=long, -m 
 
 def _run_kata_script(number: str, script: str, argv: list[str]) -> int:
     """Run a kata's own script (e.g. katas/10_scheduler/simulate.py) through its main()."""
-    import importlib.util
+    from harness.helpers import load_kata_file
 
     path = ROOT / "katas" / KATAS[number][0] / script
-    name = f"kata{number}_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return int(module.main(argv) or 0)
+    return int(load_kata_file(path, f"kata{number}_{path.stem}").main(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

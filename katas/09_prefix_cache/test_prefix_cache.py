@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import random
 import time
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -24,23 +23,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
-from harness import load_kata_module, max_examples
+from harness import assert_raises, load_kata_module, max_examples
 
 m = load_kata_module("prefix_cache")
 
 
-@contextmanager
-def raises(errors, what: str, where: str = ""):
-    """Like pytest.raises, with a message that names the call and the error it must raise."""
-    names = " or ".join(e.__name__ for e in (errors if isinstance(errors, tuple) else (errors,)))
-    at = f"; at {where}" if where else ""
-    try:
-        yield
-    except errors:
-        return
-    except Exception as exc:  # noqa: BLE001 - the wrong error type
-        raise AssertionError(f"{what} must raise {names}, but raised {type(exc).__name__}: {exc}{at}") from exc
-    raise AssertionError(f"{what} must raise {names}, but returned normally{at}")
+raises = assert_raises  # from harness: names the call, the error it must raise, the step
 
 
 # ---------------------------------------------------------------- the brute-force model

@@ -15,7 +15,6 @@ states every constant below and where it comes from.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -28,18 +27,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the harness lives at the top of the repo
+    sys.path.insert(0, str(ROOT))
+from harness import load_kata_file, load_kata_module  # noqa: E402
 
 
 def _sibling(name: str) -> Any:
-    """Import katas/10_scheduler/<name>.py once, under a name no other kata uses."""
-    full = f"kata10_{name}"
-    if full not in sys.modules:
-        spec = importlib.util.spec_from_file_location(full, HERE / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[full] = module
-        spec.loader.exec_module(module)
-    return sys.modules[full]
+    """katas/10_scheduler/<name>.py, imported once under a name no other kata uses."""
+    return load_kata_file(HERE / f"{name}.py", f"kata10_{name}")
 
 
 Shadow = _sibling("shadow").Shadow
@@ -316,10 +311,6 @@ def load_scheduler(impl: str | None) -> Any:
     """The Scheduler class of the chosen implementation (stubs, reference or a folder)."""
     if impl:
         os.environ["KATA_IMPL"] = impl
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from harness import load_kata_module
-
     return load_kata_module("scheduler").Scheduler
 
 

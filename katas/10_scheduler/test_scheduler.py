@@ -13,10 +13,8 @@ flavor, and every failure message names both, so `make_workload(seed, flavor)` r
 """
 from __future__ import annotations
 
-import importlib.util
 import random
 import textwrap
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +23,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import load_kata_module, max_examples
+from harness import load_kata_file, load_kata_module, max_examples
 
 m = load_kata_module("scheduler")
 HERE = Path(__file__).resolve().parent
 
 
 def _sibling(name: str) -> Any:
-    full = f"kata10_{name}"
-    if full not in sys.modules:
-        spec = importlib.util.spec_from_file_location(full, HERE / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[full] = module
-        spec.loader.exec_module(module)
-    return sys.modules[full]
+    """katas/10_scheduler/<name>.py, imported once under a name no other kata uses."""
+    return load_kata_file(HERE / f"{name}.py", f"kata10_{name}")
 
 
 Shadow = _sibling("shadow").Shadow
