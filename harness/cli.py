@@ -25,6 +25,26 @@ Any other argument goes to pytest: --impl reference, -x, -k NAME, --tb=long, -m 
 """
 
 
+# The learner's, the interviewer's and the instructor's tools: one module per command, each
+# with its own --help; this file only dispatches.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("harness.doctor", "main"),
+    "hint": ("harness.hints", "hint_main"),
+    "solution": ("harness.hints", "solution_main"),
+    "reset": ("harness.backups", "reset_main"),
+    "restore": ("harness.backups", "restore_main"),
+    "interview": ("harness.interview", "main"),
+    "grade": ("harness.grade", "main"),
+    "perf-history": ("harness.history", "main"),
+}
+
+
+def _module_exists(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def _run_kata_script(number: str, script: str, argv: list[str]) -> int:
     """Run a kata's own script (e.g. katas/10_scheduler/simulate.py) through its main()."""
     from harness.helpers import load_kata_file
@@ -58,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return status.main(rest)
     if command == "simulate":
         return _run_kata_script("10", "simulate.py", rest)
+    if command in COMMANDS and _module_exists(COMMANDS[command][0]):
+        import importlib
+
+        module, function = COMMANDS[command]
+        return int(getattr(importlib.import_module(module), function)(rest) or 0)
     print(f"unknown command {command!r}\n")
     print(USAGE)
     return 2
