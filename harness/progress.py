@@ -10,7 +10,9 @@ Schema (version 1):
                                 "tasks": {TASK: {"passed", "failed", "todo", "skipped",
                                                  "not_run"}}}}},
      "perf": {MODULE: {"gpu", "time", "impl", "cases": [...]}},
-     "hints": {...}}   (other commands may add their own top-level keys)
+     "perf_best": {MODULE: {"tier", "gpu", "time"}},      (the best tier any run reached)
+     "hints": {KATA: {TASK: RUNGS_SHOWN}}}                 (`python kata.py hint`)
+    Other commands may add their own top-level keys; readers ignore the keys they don't know.
 """
 from __future__ import annotations
 
@@ -58,7 +60,52 @@ def record_run(impl: Path, kata: str, tasks: dict[str, dict[str, int]], file_mti
     save(data)
 
 
+TIER_ORDER = ["none", "bronze", "silver", "gold"]
+
+
+def run_tier(cases: list[dict[str, Any]]) -> str:
+    """A perf run's tier: the lowest tier over its cases."""
+    tiers = [case.get("tier", "none") for case in cases] or ["none"]
+    return min(tiers, key=lambda t: TIER_ORDER.index(t) if t in TIER_ORDER else 0)
+
+
 def record_perf(module: str, entry: dict[str, Any]) -> None:
     data = load()
     data.setdefault("perf", {})[module] = entry
+    tier = run_tier(entry.get("cases", []))
+    best = data.setdefault("perf_best", {}).get(module)
+    if best is None or TIER_ORDER.index(tier) > TIER_ORDER.index(best.get("tier", "none")):
+        data["perf_best"][module] = {"tier": tier, "gpu": entry.get("gpu", ""),
+                                     "time": entry.get("time", 0.0)}
     save(data)
+
+
+def task_done(counts: dict[str, int] | None) -> bool:
+    """A task's last result passed: every check that ran passed (GPU-only checks skipped on a
+    CPU count as done here), nothing failed, nothing left out."""
+    if not counts or counts.get("not_run") or counts.get("failed") or counts.get("todo"):
+        return False
+    return counts.get("passed", 0) > 0 or counts.get("skipped", 0) > 0
+
+
+def recording() -> bool:
+    """False for the self-test (KATA_REPORT) and runs that asked not to (KATA_NO_PROGRESS)."""
+    return not (os.environ.get("KATA_REPORT") or os.environ.get("KATA_NO_PROGRESS"))
+
+
+def record_hint(kata: str, task: str, rung: int) -> None:
+    """Remember that rung `rung` (1-based) of kata's Task `task` hint ladder was shown."""
+    data = load()
+    seen = data.setdefault("hints", {}).setdefault(kata, {})
+    seen[task] = max(int(seen.get(task, 0)), rung)
+    save(data)
+
+
+def hints_seen(kata: str, data: dict[str, Any] | None = None) -> dict[str, int]:
+    """{TASK: rungs shown} for one kata."""
+    data = load() if data is None else data
+    return {task: int(n) for task, n in data.get("hints", {}).get(kata, {}).items()}
+
+
+def hints_used(kata: str, data: dict[str, Any] | None = None) -> int:
+    return sum(hints_seen(kata, data).values())

@@ -15,17 +15,21 @@ from harness import progress
 from harness.impl import resolve_impl_dir
 from harness.katas import KATAS, ROOT, built_katas, task_titles
 
-TIER_ORDER = ["none", "bronze", "silver", "gold"]
+TIER_ORDER = progress.TIER_ORDER
 
 
 def perf_tier(data: dict[str, Any], module: str) -> str:
-    """'perf gold on NVIDIA H100 ...': the lowest tier over the module's last perf cases."""
+    """'perf gold on NVIDIA H100 ...': the lowest tier over the module's last perf cases,
+    and the best tier any run reached when that was higher."""
     entry = data.get("perf", {}).get(module)
     if not entry or not entry.get("cases"):
         return ""
-    tiers = [case.get("tier", "none") for case in entry["cases"]]
-    worst = min(tiers, key=lambda t: TIER_ORDER.index(t) if t in TIER_ORDER else 0)
-    return f"perf {worst} on {entry['gpu']}"
+    worst = progress.run_tier(entry["cases"])
+    text = f"perf {worst} on {entry['gpu']}"
+    best = data.get("perf_best", {}).get(module, {}).get("tier", worst)
+    if best in TIER_ORDER and TIER_ORDER.index(best) > TIER_ORDER.index(worst):
+        text += f" (best: {best})"
+    return text
 
 
 def kata_state(number: str, impl_runs: dict[str, Any], impl: Any) -> tuple[str, str]:
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     impl_runs = data.get("runs", {}).get(str(impl), {})
     print(f"katas for {impl} (from the last runs; --run re-runs them)\n")
     print(f"{'kata':<24}{'state':<44}next")
+    first_step = ""
     for number, (folder, module) in KATAS.items():
         if number not in numbers:
             print(f"{folder:<24}coming")
@@ -110,5 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         tier = perf_tier(data, module) if impl_runs.get(number) else ""
         if tier:
             state += f", {tier}"
+        hints = progress.hints_used(number, data)
+        if hints:
+            state += f", hints: {hints}"
+        first_step = first_step or (f"kata {number}, {step}" if step else "")
         print(f"{folder:<24}{state:<44}{step}")
+    if first_step:
+        print(f"\nnext to do: {first_step}")
     return 0
