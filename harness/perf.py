@@ -684,6 +684,9 @@ class PerfChecker:
         self.request.config._kata_perf.append(  # type: ignore[attr-defined]
             {"module": module, "target": target, "label": m.label, "tier": best, **m.metrics}
         )
+        from harness import history  # per-case figures + environment for `kata.py perf-history`
+
+        history.record_check(self, module, target, m, best)
         line = (f"{module}.{target} [{m.label}] on {self.peaks.name}: {m.describe()}; tier {best} "
                 f"(copy {self.peaks.copy_bytes_per_s / 1e12:.2f} TB/s, "
                 f"matmul {self.peaks.matmul_flops_per_s / 1e12:.0f} TFLOP/s measured this run)")
