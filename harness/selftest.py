@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.katas import KATAS, KATAS_DIR, ROOT, built_katas
-from harness.mutants import Mutant
+from harness.mutants import Mutant, likely_tasks
 from harness.workers import Outcome, Session, run_jobs
 
 SCRATCH_ROOT = ROOT / ".selftest"
@@ -104,8 +104,15 @@ def check_mutant(number: str, mutant: Mutant):  # type: ignore[no-untyped-def]
         return check
     (folder / f"{module}.py").write_text(source)
     target = f"katas/{KATAS[number][0]}"
-    session = _session(f"{number}_{mutant.name}", target, folder, ["-x"])
-    out: Outcome = yield session
+    tests = [p.read_text() for p in sorted((KATAS_DIR / KATAS[number][0]).glob("test_*.py"))]
+    tasks = likely_tasks((ROOT / "reference" / f"{module}.py").read_text(), mutant.find, tests)
+    out: Outcome | None = None
+    if tasks:  # the checks of the tasks that call the edited code first: most mutants die there
+        session = _session(f"{number}_{mutant.name}_task", target, folder, ["-x", "--task", ",".join(tasks)])
+        out = yield session
+    if out is None or out.code != 1:
+        session = _session(f"{number}_{mutant.name}", target, folder, ["-x"])
+        out = yield session
     if out.code == 1 and mutant.expect and mutant.expect not in out.output:
         # The hint may come from a later test than the first failure: run them all.
         session = _session(f"{number}_{mutant.name}_all", target, folder)

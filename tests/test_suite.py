@@ -193,3 +193,16 @@ def test_nothing_points_outside_the_repository() -> None:
         if "../shared" in text or "shared/KATAS" in text:
             offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, f"these files point outside the repository: {offenders}"
+
+
+def test_likely_tasks_follows_the_edit_to_the_checks_that_call_it() -> None:
+    """The self-test runs a mutant's likely tasks first: a private helper's edit reaches the
+    public function that uses it, and that function's task classes."""
+    from harness.mutants import likely_tasks
+
+    reference = "def _helper(x):\n    return x + 1\n\n\ndef public(x):\n    return _helper(x)\n\n\ndef other(x):\n    return x\n"
+    tests = ("m = load_kata_module('mod')\n\n\ndef call(x):\n    return m.public(x)\n\n\n"
+             "class TestTask1Other:\n    def test_a(self):\n        assert m.other(1) == 1\n\n\n"
+             "class TestTask2Public:\n    def test_b(self):\n        assert call(1) == 2\n")
+    assert likely_tasks(reference, "return x + 1", [tests]) == ["2"]
+    assert likely_tasks(reference, "    return x\n", [tests]) == ["1"]
