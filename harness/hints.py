@@ -99,7 +99,11 @@ def hint_main(argv: list[str] | None = None) -> int:
         return 2
     data = progress.load()
     if args.task is None:
-        task = next_task(number, data, resolve_impl_dir()) or min(ladders, key=int)
+        try:
+            impl = resolve_impl_dir()
+        except NotADirectoryError:
+            impl = ROOT / "stubs"
+        task = next_task(number, data, impl) or min(ladders, key=int)
         task = task if task in ladders else min(ladders, key=int)
     else:
         task = args.task.strip().lstrip("0") or "0"

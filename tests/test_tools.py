@@ -230,3 +230,28 @@ def test_doctor_json_and_a_broken_pin(repo: Path) -> None:
     code, out = kata(repo, "doctor", "--quick")
     assert code == 1, out
     assert "pytest" in out and "0.0.1" in out and "fix:" in out, out
+
+
+def test_status_shows_the_best_perf_tier_and_old_files_still_load(repo: Path) -> None:
+    (repo / ".kata_progress.json").write_text(json.dumps({"schema": 1, "runs": {}}))  # no hints key
+    script = (
+        "import time\n"
+        "from harness import progress\n"
+        "from harness.katas import ROOT\n"
+        "assert progress.hints_used('03') == 0\n"
+        "stub = ROOT / 'stubs' / 'online_softmax.py'\n"
+        "done = {'passed': 3, 'failed': 0, 'todo': 0, 'skipped': 0, 'not_run': 0}\n"
+        "progress.record_run(stub.parent, '03', {str(t): done for t in range(1, 6)},\n"
+        "                    stub.stat().st_mtime, time.time())\n"
+        "case = lambda tier: {'gpu': 'H200', 'time': 1.0, 'impl': str(stub.parent),\n"
+        "                     'cases': [{'tier': 'gold'}, {'tier': tier}]}\n"
+        "progress.record_perf('online_softmax', case('silver'))\n"
+        "progress.record_perf('online_softmax', case('bronze'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, env=_env(repo),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, out = kata(repo, "status")
+    line = next(l for l in out.splitlines() if l.startswith("03_online_softmax"))
+    assert code == 0 and "perf bronze on H200 (best: silver)" in line, out
+    assert "done (5 of 5 tasks)" in line, out
