@@ -48,7 +48,7 @@ def likely_tasks(reference_source: str, find: str, test_sources: list[str]) -> l
 
     tree = ast.parse(reference_source)
     first = reference_source.count("\n", 0, reference_source.index(find)) + 1
-    last = first + find.count("\n")
+    last = first + find.rstrip("\n").count("\n")
     defs: dict[str, set[str]] = {}  # top-level name -> names its body uses
     edited: set[str] = set()
     for node in tree.body:
