@@ -133,18 +133,20 @@ class KataChecks:
 
     tasks: dict[str, list[str]] = field(default_factory=dict)  # task -> nodeids
     gpu_only: set[str] = field(default_factory=set)
+    gpu: bool = False  # whether the collecting process saw a CUDA GPU
 
 
 _COLLECT_SCRIPT = r"""
 import json, sys, pytest
 class Grab:
-    def __init__(self): self.items = []
+    def __init__(self): self.items, self.gpu = [], False
     def pytest_collection_finish(self, session):
+        self.gpu = bool(getattr(session.config, "_kata_gpu", False))
         self.items = [(i.nodeid, any(m.name == "skip" for m in i.iter_markers()) or
                        any(m.name == "gpu" for m in i.iter_markers())) for i in session.items]
 g = Grab()
 code = pytest.main(sys.argv[2:], plugins=[g])
-open(sys.argv[1], "w").write(json.dumps(g.items))
+open(sys.argv[1], "w").write(json.dumps({"gpu": g.gpu, "items": g.items}))
 """
 
 
@@ -160,8 +162,9 @@ def collect_checks(kata: str, scratch: Path) -> KataChecks:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if not out.is_file():
         raise RuntimeError(f"could not collect kata {kata}'s checks:\n{proc.stdout}{proc.stderr}")
-    checks = KataChecks()
-    for nodeid, gpu in json.loads(out.read_text()):
+    data = json.loads(out.read_text())
+    checks = KataChecks(gpu=data["gpu"])
+    for nodeid, gpu in data["items"]:
         task = _task_of(nodeid)
         if task is None:
             continue
@@ -186,9 +189,12 @@ def score(kata: str, checks: KataChecks, run: RunResult | None, tasks: set[str] 
           gpu: bool) -> list[dict[str, Any]]:
     """One row per task: counts, the score and the failing checks (stable order)."""
     outcomes: dict[str, str] = {}
+    import_error = ""
     if run is not None and run.report:
         for r in run.report.get("results", []):
             outcomes[_normalise(r["nodeid"])] = r["outcome"]
+            if r["outcome"] == "import_error" and not import_error:
+                import_error = str(r.get("message", ""))[:500]
     rows = []
     for task in sorted(checks.tasks, key=int):
         if tasks is not None and task not in tasks:
@@ -209,7 +215,8 @@ def score(kata: str, checks: KataChecks, run: RunResult | None, tasks: set[str] 
         total = len(counted)
         rows.append({"kata": kata, "task": task, "checks": total, **counts,
                      "score": round(counts["passed"] / total, 4) if total else None,
-                     "status": _status(run, counts, total), "failing": sorted(failing)})
+                     "status": _status(run, counts, total), "failing": sorted(failing),
+                     **({"import_error_message": import_error} if counts["import_error"] else {})})
     return rows
 
 
@@ -249,10 +256,12 @@ def grade(roster: Path, katas: list[str], *, jobs: int = 1, timeout: float = DEF
     """Grade every learner folder under roster on katas; returns the JSON-ready result."""
     roster = roster.resolve()
     people = learners(roster)
-    gpu = _has_gpu()
     base = Path(tempfile.mkdtemp(prefix="kata-grade-"))
     try:
-        checks = {k: collect_checks(k, base / f"collect-{k}") for k in katas}
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            collected = list(pool.map(lambda k: collect_checks(k, base / f"collect-{k}"), katas))
+        checks = dict(zip(katas, collected))
+        gpu = any(c.gpu for c in collected)
         jobs_list = [(p, k) for p in people for k in katas]
 
         def one(job: tuple[Path, str]) -> tuple[str, str, RunResult | None]:
@@ -292,16 +301,6 @@ def grade(roster: Path, katas: list[str], *, jobs: int = 1, timeout: float = DEF
             "checks": sum(r["checks"] for r in rows),
         }
     return result
-
-
-def _has_gpu() -> bool:
-    """Whether a CUDA GPU is here, asked of a child process (the grader imports no torch)."""
-    try:
-        proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                              capture_output=True, text=True, timeout=120)
-        return proc.stdout.strip() == "True"
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 # -- Reports -------------------------------------------------------------------------------------
