@@ -66,7 +66,7 @@ TIER_ORDER = ["none", "bronze", "silver", "gold"]
 def run_tier(cases: list[dict[str, Any]]) -> str:
     """A perf run's tier: the lowest tier over its cases."""
     tiers = [case.get("tier", "none") for case in cases] or ["none"]
-    return min(tiers, key=lambda t: TIER_ORDER.index(t) if t in TIER_ORDER else 0)
+    return min((t if t in TIER_ORDER else "none" for t in tiers), key=TIER_ORDER.index)
 
 
 def record_perf(module: str, entry: dict[str, Any]) -> None:
@@ -74,7 +74,8 @@ def record_perf(module: str, entry: dict[str, Any]) -> None:
     data.setdefault("perf", {})[module] = entry
     tier = run_tier(entry.get("cases", []))
     best = data.setdefault("perf_best", {}).get(module)
-    if best is None or TIER_ORDER.index(tier) > TIER_ORDER.index(best.get("tier", "none")):
+    if best is None or best.get("tier") not in TIER_ORDER or \
+            TIER_ORDER.index(tier) > TIER_ORDER.index(best["tier"]):
         data["perf_best"][module] = {"tier": tier, "gpu": entry.get("gpu", ""),
                                      "time": entry.get("time", 0.0)}
     save(data)
