@@ -251,9 +251,10 @@ def learners(roster: Path) -> list[Path]:
 
 
 def grade(roster: Path, katas: list[str], *, jobs: int = 1, timeout: float = DEFAULT_TIMEOUT,
-          memory_gb: float | None = DEFAULT_MEMORY_GB, tasks: set[str] | None = None,
+          memory_gb: float | None = -1.0, tasks: set[str] | None = None,
           check_timeout: float | None = None, log: Any = None) -> dict[str, Any]:
-    """Grade every learner folder under roster on katas; returns the JSON-ready result."""
+    """Grade every learner folder under roster on katas; returns the JSON-ready result.
+    memory_gb: the address-space limit per process; negative: 4 GiB on a CPU, none on a GPU."""
     roster = roster.resolve()
     people = learners(roster)
     base = Path(tempfile.mkdtemp(prefix="kata-grade-"))
@@ -262,6 +263,8 @@ def grade(roster: Path, katas: list[str], *, jobs: int = 1, timeout: float = DEF
             collected = list(pool.map(lambda k: collect_checks(k, base / f"collect-{k}"), katas))
         checks = dict(zip(katas, collected))
         gpu = any(c.gpu for c in collected)
+        if memory_gb is not None and memory_gb < 0:  # auto: CUDA reserves far more address space
+            memory_gb = None if gpu else DEFAULT_MEMORY_GB
         jobs_list = [(p, k) for p in people for k in katas]
 
         def one(job: tuple[Path, str]) -> tuple[str, str, RunResult | None]:
@@ -289,7 +292,7 @@ def grade(roster: Path, katas: list[str], *, jobs: int = 1, timeout: float = DEF
     finally:
         shutil.rmtree(base, ignore_errors=True)
     result: dict[str, Any] = {"roster": str(roster), "katas": katas, "gpu": gpu,
-                              "timeout_s": timeout, "learners": {}}
+                              "timeout_s": timeout, "memory_gb": memory_gb, "learners": {}}
     for name, kata, run in runs:
         entry = result["learners"].setdefault(name, {})
         rows = score(kata, checks[kata], run, tasks, gpu)
@@ -446,9 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"wall-clock seconds per learner and kata (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--check-timeout", type=float, default=None,
                    help="seconds per check before it counts as TIMEOUT (default: the suite's 120)")
-    p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
-                   help=f"address-space limit per process in GiB (default {DEFAULT_MEMORY_GB:g}; "
-                   "0 = none, needed on a GPU: CUDA reserves far more address space)")
+    p.add_argument("--memory-gb", type=float, default=-1.0,
+                   help=f"address-space limit per process in GiB (default: {DEFAULT_MEMORY_GB:g} "
+                   "without a GPU, none with one, where CUDA reserves far more address space "
+                   "than it uses; 0 = none)")
     return p
 
 
