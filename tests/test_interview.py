@@ -128,3 +128,15 @@ def test_help() -> None:
     proc = subprocess.run([sys.executable, "-m", "harness", "interview", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--finish" in proc.stdout and "--seed" in proc.stdout
+
+
+def test_watch_counts_down_and_finishes_at_zero(tmp_path, monkeypatch, capsys) -> None:
+    from harness import grade
+
+    monkeypatch.setenv("KATA_INTERVIEW_DIR", str(tmp_path / "iv"))
+    monkeypatch.setattr(grade, "run_checks", lambda *a, **k: grade.RunResult("ok", 0, 0.1, {"results": []}, ""))
+    interview.main(["10", "--minutes", "0.01", "--tasks", "1"])  # 0.6 s on the real clock
+    assert interview.main(["--watch"]) == 0
+    out = capsys.readouterr().out
+    assert "left of 0.01 min" in out and "interview rubric: kata 10" in out, out
+    assert interview.active_interview() is None and records(tmp_path)
