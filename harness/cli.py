@@ -13,6 +13,17 @@ USAGE = """usage: python kata.py COMMAND [--help]
   status [--impl PATH] [--run]        every kata, task by task, from your last runs
   simulate [--impl PATH] [--quick]    kata 10's serving simulator: your scheduler against
                                       static batching (throughput, TTFT, TPOT, a plot)
+  doctor [--json]                     what runs here: backend per kata, versions against the
+                                      pins, pitfalls; copy and matmul rates on a GPU
+  hint NN [TASK]                      the next rung of a task's hint ladder
+  solution NN [--force]               the reference, once your module passes the kata
+  reset NN / restore NN [--list|--last|STAMP]
+                                      put the pristine stub back (yours is backed up) / undo
+  interview NN [--minutes M] [--tasks 1,3] [--seed S] | --status | --finish
+                                      a timed interview on a scratch copy, graded on hidden seeds
+  grade ROSTER_DIR [--katas 02,04] [--report csv,json,html] [--jobs N]
+                                      grade every learner folder of a roster
+  perf-history NN                     your recorded perf runs, with confidence intervals
   selftest [--kata NN] [-j N]         the suite's self-test: reference passes, stubs fail
                                       cleanly, every planted bug is caught
 """
