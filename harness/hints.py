@@ -79,6 +79,17 @@ then near-pseudocode, one rung per call. The rungs are the kata README's own
 `python kata.py status` counts them."""
 
 
+def _locked_by_interview(command: str) -> bool:
+    """Hints and solutions are locked while an interview runs (harness/interview.py)."""
+    from harness.interview import active_interview
+
+    running = active_interview()
+    if running:
+        print(f"{command}: locked while the interview of kata {running.get('kata', '?')} runs "
+              "(python3 kata.py interview --status; --finish ends it)")
+    return bool(running)
+
+
 def hint_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python kata.py hint", description=HINT_HELP,
@@ -92,6 +103,8 @@ def hint_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true",
                         help="show again every hint of the task you have already seen")
     args = parser.parse_args(argv)
+    if _locked_by_interview("hint"):
+        return 2
     number = args.kata
     ladders = hint_ladders(number)
     if not ladders:
@@ -175,6 +188,8 @@ def solution_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", default=None,
                         help="whose run counts: stubs (default), reference, or a folder")
     args = parser.parse_args(argv)
+    if _locked_by_interview("solution"):
+        return 2
     number = args.kata
     folder, module = KATAS[number]
     try:

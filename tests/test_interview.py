@@ -48,6 +48,12 @@ def test_start_copies_the_pristine_stub_locks_hints_and_counts_down(tmp_path, cl
     active = interview.active_interview()
     assert active and active["kata"] == "10" and active["tasks"] == ["1"]
     assert "seed" not in active
+    # Hints and the solution are locked while it runs.
+    from harness import hints
+
+    capsys.readouterr()
+    assert hints.hint_main(["10", "1"]) == 2 and hints.solution_main(["10", "--force"]) == 2
+    assert "locked while the interview" in capsys.readouterr().out
     # A second interview does not start over the running one.
     assert interview.main(["02"]) == 2
     clock.t += 25 * 60 + 30
