@@ -65,12 +65,7 @@ def hint_ladders(number: str) -> dict[str, list[str]]:
 def next_task(number: str, data: dict, impl: Path) -> str | None:
     """The first task (README order) whose last recorded run is not done, or None."""
     entry = data.get("runs", {}).get(str(impl), {}).get(number)
-    if not entry:
-        return None
-    for task in task_titles(number) or sorted(entry.get("tasks", {})):
-        if not progress.task_done(entry.get("tasks", {}).get(task)):
-            return task
-    return None
+    return progress.next_unfinished_task(entry, list(task_titles(number))) if entry else None
 
 
 HINT_HELP = """Show the next rung of a task's hint ladder: a question first, then the invariant,
@@ -164,14 +159,12 @@ def passes_cpu_checks(number: str, impl: Path, data: dict) -> tuple[bool, str]:
         return False, f"there is no {module_file}"
     if not entry:
         return False, f"no run of kata {number} is recorded yet: run `{run}` first"
-    tasks = entry.get("tasks", {})
-    for task in task_titles(number) or sorted(tasks):
-        if not progress.task_done(tasks.get(task)):
-            return False, f"your last run did not pass Task {task}: finish it (`{run}`)"
-    for task, counts in tasks.items():
-        if not progress.task_done(counts):
-            return False, f"your last run has failing checks: `{run}`"
-    if module_file.stat().st_mtime > entry.get("file_mtime", 0) + 1e-6:
+    task = progress.next_unfinished_task(entry, list(task_titles(number)))
+    if task is not None:
+        return False, f"your last run did not pass Task {task}: finish it (`{run}`)"
+    if not all(progress.task_done(counts) for counts in entry.get("tasks", {}).values()):
+        return False, f"your last run has failing checks: `{run}`"
+    if progress.edited_since(module_file, entry):
         return False, f"{module_file.name} changed since your last run: run `{run}` again"
     return True, ""
 

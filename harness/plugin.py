@@ -21,6 +21,7 @@ import pytest
 
 from harness import katas as catalog
 from harness.impl import ENV_VAR, resolve_impl_dir
+from harness.report import rewrite_seed_note
 
 from harness import compare, profiles, progress, report, triton_probe
 
@@ -222,8 +223,6 @@ def perf(request: pytest.FixtureRequest, device_peaks: Any, benchmark: Any) -> A
     return perf_mod.PerfChecker(request, device_peaks, benchmark)
 
 
-
-
 # -- Reporting: TODO and IMPORT ERROR as outcomes of their own, compact failures --------
 def _task_of(item: pytest.Item) -> str | None:
     m = _TASK_CLASS.search(item.nodeid)
@@ -313,11 +312,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    report.sections = [(title, _rewrite_section(text)) for title, text in report.sections]
-
-
-def _rewrite_section(text: str) -> str:
-    return report.rewrite_seed_note(text)
+    # (pytest names this hook's argument `report`, which hides the module of that name)
+    report.sections = [(title, rewrite_seed_note(text)) for title, text in report.sections]
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
@@ -350,8 +346,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
         rows = [r for r in results if r["kata"] == number]
         lines, tasks = report.kata_summary(number, rows, unrun, impl, bool(session.shouldstop or session.shouldfail))
         if tr is not None:
+            passed_all = all(t.done or not t.ran for t in tasks.values())
             for i, line in enumerate(lines):
-                passed_all = all(t.done or not t.ran for t in tasks.values())
                 tr.write_line(line, bold=i == 0, green=i == 0 and passed_all,
                               red=i == 0 and not passed_all)
         summary[number] = {"tasks": {k: t.counts() for k, t in tasks.items()},

@@ -89,6 +89,17 @@ def task_done(counts: dict[str, int] | None) -> bool:
     return counts.get("passed", 0) > 0 or counts.get("skipped", 0) > 0
 
 
+def next_unfinished_task(entry: dict[str, Any], order: list[str]) -> str | None:
+    """The first task of `order` (README order) whose last recorded result is not done."""
+    tasks = entry.get("tasks", {})
+    return next((t for t in order or sorted(tasks) if not task_done(tasks.get(t))), None)
+
+
+def edited_since(module_file: Path, entry: dict[str, Any]) -> bool:
+    """Was the learner's module saved after the recorded run?"""
+    return module_file.stat().st_mtime > entry.get("file_mtime", 0) + 1e-6
+
+
 def recording() -> bool:
     """False for the self-test (KATA_REPORT) and runs that asked not to (KATA_NO_PROGRESS)."""
     return not (os.environ.get("KATA_REPORT") or os.environ.get("KATA_NO_PROGRESS"))

@@ -43,21 +43,11 @@ def kata_state(number: str, impl_runs: dict[str, Any], impl: Any) -> tuple[str, 
         return "not run yet", f"pytest katas/{number}"
     titles = task_titles(number)
     tasks = entry.get("tasks", {})
-    done, todo_next, gpu_only = [], None, []
-    for task in titles or sorted(tasks):
-        counts = tasks.get(task)
-        if counts is None or counts.get("not_run") and not counts.get("passed"):
-            todo_next = todo_next or task
-            continue
-        ran = counts["passed"] + counts["failed"] + counts["todo"]
-        if ran and counts["passed"] == ran and not counts.get("not_run"):
-            done.append(task)
-            if counts.get("skipped"):
-                gpu_only.append(task)
-        elif ran == 0 and counts.get("skipped"):
-            gpu_only.append(task)
-        else:
-            todo_next = todo_next or task
+    order = list(titles) or sorted(tasks)
+    finished = [t for t in order if progress.task_done(tasks.get(t))]
+    gpu_only = [t for t in finished if tasks[t].get("skipped")]  # speed not checked here
+    done = [t for t in finished if tasks[t].get("passed")]  # GPU-only tasks are not counted
+    todo_next = progress.next_unfinished_task(entry, order)
     total = len(titles or tasks)
     if not any(c.get("passed") or c.get("failed") for c in tasks.values()):
         state = f"not started (0 of {total} tasks)"
@@ -65,7 +55,7 @@ def kata_state(number: str, impl_runs: dict[str, Any], impl: Any) -> tuple[str, 
         state = "done" + (" on CPU" if gpu_only else "") + f" ({total} of {total} tasks)"
     else:
         state = f"in progress ({len(done)} of {total} tasks done)"
-    if module_file.stat().st_mtime > entry.get("file_mtime", 0) + 1e-6:
+    if progress.edited_since(module_file, entry):
         state += ", edited since the last run"
     if todo_next is not None:
         title = titles.get(todo_next, "")
