@@ -14,6 +14,7 @@ import torch
 
 from harness import history
 from harness.katas import ROOT
+from perf_tricks.simdevice import FakeBenchmark, FakeRequest
 from harness.perf import Device, DevicePeaks, PerfChecker, Plan
 
 ENV_A = {"gpu": "NVIDIA H200", "driver": "570.86", "cuda": "12.8", "torch": "2.13.0",
@@ -89,23 +90,6 @@ def test_the_current_clock_is_not_part_of_the_environment() -> None:
 def test_nothing_recorded_says_how_to_record(tmp_path, capsys) -> None:
     code, out = run(tmp_path, capsys)
     assert code == 1 and "pytest katas/03 -m perf" in out, out
-
-
-class FakeBenchmark:
-    def __init__(self) -> None:
-        self.extra_info: dict = {}
-        self.stats = None
-
-    def pedantic(self, target, args=(), kwargs=None, setup=None, rounds=1, warmup_rounds=0,
-                 iterations=1):
-        for _ in range(warmup_rounds + rounds):
-            a, kw = setup() if setup else (args, kwargs or {})
-            target(*a, **kw)
-
-
-class FakeRequest:
-    class config:  # noqa: N801 - stands in for pytest's config object
-        _kata_perf: list = []
 
 
 def test_perf_checks_record_figures_environment_and_file_hash(tmp_path, monkeypatch) -> None:

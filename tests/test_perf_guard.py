@@ -28,7 +28,7 @@ from harness.katas import ROOT
 from harness.perf import Device, DevicePeaks, PerfChecker, PerfGuardError, Plan, TimerTampered
 
 from perf_tricks import simdevice
-from perf_tricks.simdevice import SimDevice
+from perf_tricks.simdevice import FakeBenchmark, FakeRequest, SimDevice
 
 TRICKS = Path(__file__).parent / "perf_tricks"
 _fresh = itertools.count()
@@ -54,24 +54,6 @@ CPU_PLAN = Plan(warmup=2, batches=3, batch_size=3, confirm_rounds=3, bench_round
 
 
 # -- helpers ----------------------------------------------------------------------------
-class FakeBenchmark:
-    """What PerfChecker needs of pytest-benchmark's fixture."""
-
-    def __init__(self) -> None:
-        self.extra_info: dict[str, Any] = {}
-
-    def pedantic(self, target, args=(), kwargs=None, setup=None, rounds=1, warmup_rounds=0,
-                 iterations=1):
-        for _ in range(warmup_rounds + rounds):
-            a, kw = setup() if setup else (args, kwargs or {})
-            target(*a, **kw)
-
-
-class FakeRequest:
-    class config:  # noqa: N801 - stands in for pytest's config object
-        _kata_perf: list = []
-
-
 @pytest.fixture
 def targets(tmp_path: Path) -> Path:
     (tmp_path / "guard.toml").write_text(TARGET)

@@ -78,3 +78,24 @@ class SimDevice(Device):
 
     def wall(self) -> float:
         return self.clock_ms / 1e3
+
+
+class FakeBenchmark:
+    """What PerfChecker needs of pytest-benchmark's fixture (no stats: nothing was timed by it)."""
+
+    def __init__(self) -> None:
+        self.extra_info: dict = {}
+        self.stats = None
+
+    def pedantic(self, target, args=(), kwargs=None, setup=None, rounds=1, warmup_rounds=0,
+                 iterations=1):
+        for _ in range(warmup_rounds + rounds):
+            a, kw = setup() if setup else (args, kwargs or {})
+            target(*a, **kw)
+
+
+class FakeRequest:
+    """What PerfChecker needs of pytest's request: the config's list of perf records."""
+
+    class config:  # noqa: N801 - stands in for pytest's config object
+        _kata_perf: list = []
