@@ -20,6 +20,17 @@ PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = VENV / ".katas-installed"
 
 
+def _no_deps_packages() -> list[str]:
+    """[tool.katas] no_deps in pyproject.toml: packages installed without their dependencies."""
+    in_table, packages = False, []
+    for line in (ROOT / "pyproject.toml").read_text().splitlines():
+        if line.startswith("["):
+            in_table = line.strip() == "[tool.katas]"
+        elif in_table and line.split("=")[0].strip() == "no_deps":
+            packages = [p.strip().strip('"') for p in line.split("=", 1)[1].strip(" []").split(",") if p.strip()]
+    return packages
+
+
 def ensure_environment() -> None:
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.is_file() and STAMP.read_text() == wanted and PYTHON.is_file():
@@ -31,6 +42,10 @@ def ensure_environment() -> None:
           flush=True)
     subprocess.check_call([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                            "-e", str(ROOT)])
+    no_deps = _no_deps_packages()
+    if no_deps:
+        subprocess.check_call([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               "--no-deps", *no_deps])
     STAMP.write_text(wanted)
     activate = r".venv\Scripts\activate" if os.name == "nt" else "source .venv/bin/activate"
     print(f"kata: ready. To run pytest directly: {activate}  then  pytest katas/03", flush=True)
