@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "interview": ("harness.interview", "main"),
     "grade": ("harness.grade", "main"),
     "perf-history": ("harness.history", "main"),
+    "serve": ("harness.serve", "main"),  # kata 16: the OpenAI-compatible server
 }
 
 
