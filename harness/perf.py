@@ -5,9 +5,13 @@ How a number is measured (the same for every kata):
   `check(args, out)` (see `PerfChecker.measure`). The harness never times a call on inputs
   the function has seen before: before each timed batch it makes `batch_size` new input sets
   (index i never repeats within a test, and make_inputs gives different values for every i).
-- A batch: device-wide synchronize, then per call: L2 flushed, CUDA event, the call, CUDA
-  event; then a device-wide synchronize (every stream, not only the timed one) and the
-  harness's host clock. After a warm-up, `batches` batches are timed.
+- A batch: device-wide synchronize, then per call: a GPU spin, L2 flushed (by reading 256 MiB,
+  which leaves no dirty lines for the call to write back), CUDA event, the call, CUDA event;
+  then a device-wide synchronize (every stream, not only the timed one) and the harness's host
+  clock. After a warm-up, `batches` batches are timed. The spin lasts twice the host-side cost
+  of launching the call (measured in the warm-up, at least 0.1 ms): the GPU is still busy when
+  the call's kernels arrive, so a slow Python launcher is not timed as idle GPU time (ours and
+  the peers' alike; in a server, CUDA graphs hide launch costs the same way).
 - The time of a call is the median over batches of the batch's mean event time. The mean
   inside a batch counts work that is batched up and done every n-th call; the median over
   batches drops a disturbed batch.
@@ -169,7 +173,8 @@ def _guard_list() -> list[_Guarded]:
     for attr in ("_cuda_synchronize", "_cuda_getCurrentStream"):
         if hasattr(torch._C, attr):
             add(torch._C, attr, f"torch._C.{attr}", "torch")
-    add(torch.Tensor, "zero_", "torch.Tensor.zero_", "torch")  # the L2 flush
+    add(torch.Tensor, "zero_", "torch.Tensor.zero_", "torch")
+    add(torch.Tensor, "sum", "torch.Tensor.sum", "torch")  # the L2 flush (a read)
     return out
 
 
@@ -223,8 +228,9 @@ class Device:
     def elapsed_ms(self, start: Any, end: Any) -> float:
         return (end[0] - start[0]) * 1e3
 
-    def flush(self) -> None:
-        """Evict the caches before a timed call."""
+    def flush(self, spin_ms: float = 0.0) -> None:
+        """Keep the device busy for spin_ms (so the host's launch of the next call is not timed
+        as idle time), then evict the caches before a timed call."""
 
     def wall(self) -> float:
         """The harness's host clock, seconds."""
@@ -234,7 +240,7 @@ class Device:
 _ORIG = {g.name: g.original for g in _GUARDED}
 
 
-SPIN_CYCLES = 200_000  # ~0.1 ms at Hopper's clocks
+MIN_SPIN_MS = 0.1  # the GPU spin before every timed call, at least (see time_calls)
 
 
 class CudaDevice(Device):
@@ -249,8 +255,21 @@ class CudaDevice(Device):
         self._record = _ORIG["torch.cuda.Event.record"]
         self._elapsed = _ORIG["torch.cuda.Event.elapsed_time"]
         self._sync = _ORIG["torch.cuda.synchronize"]
-        self._zero = _ORIG["torch.Tensor.zero_"]
+        self._read = _ORIG["torch.Tensor.sum"]
         self._spin = torch.cuda._sleep
+        self._cycles_per_ms = self._calibrate_spin()
+
+    def _calibrate_spin(self) -> float:
+        """GPU clock cycles per millisecond of torch.cuda._sleep, measured (clocks vary by GPU)."""
+        cycles, runs = 1_000_000, []
+        for _ in range(3):
+            s, e = self.event(), self.event()
+            self.record(s)
+            self._spin(cycles)
+            self.record(e)
+            self._sync()
+            runs.append(self.elapsed_ms(s, e))
+        return cycles / max(_median(runs), 1e-3)
 
     def synchronize(self) -> None:
         self._sync()
@@ -264,12 +283,17 @@ class CudaDevice(Device):
     def elapsed_ms(self, start: Any, end: Any) -> float:
         return self._elapsed(start, end)
 
-    def flush(self) -> None:
-        # A spin of ~0.1 ms first: the GPU stays busy while the host launches the call, so a
-        # launcher's host-side cost (Triton's is 20-80 us) is not timed as GPU idle time. The
-        # flush-only batches of flush_overhead_ms include it too, so the wall clock stays fair.
-        self._spin(SPIN_CYCLES)
-        self._zero(self._flush_buf)
+    def flush(self, spin_ms: float = MIN_SPIN_MS) -> None:
+        # A spin first: the GPU stays busy while the host launches the call, so a launcher's
+        # host-side cost (Triton's is 40-80 us, a Gluon kernel with TMA descriptors ~200 us) is
+        # not timed as GPU idle time. time_calls sizes it from the call's measured host cost; the
+        # flush-only batches of flush_overhead_ms spin as long, so the wall clock stays fair.
+        self._spin(max(1, int(spin_ms * self._cycles_per_ms)))
+        # Then a read of 256 MiB, more than any L2: it evicts whatever the last call left there.
+        # A read, not a write: zeroing the buffer would leave the L2 full of dirty lines, and the
+        # timed call would pay their write-back (up to ~50 MB of extra writes on a Hopper GPU,
+        # 5-10 % of a 64 MiB softmax's time on an H200: scripts/perf_flush_experiment.py).
+        self._read(self._flush_buf)
 
 
 # -- The timing core ----------------------------------------------------------------------
@@ -372,24 +396,32 @@ def check_outputs(results: list[tuple[int, tuple, Any]], check: Callable[[tuple,
                 "result (check returned False)")
 
 
-def flush_overhead_ms(device: Device, plan: Plan) -> float:
+def flush_overhead_ms(device: Device, plan: Plan, spin_ms: float = MIN_SPIN_MS) -> float:
     """Per call: the synchronized wall clock of a batch of flushes and events alone."""
-    cached = getattr(device, "_flush_overhead_ms", None)
-    if cached is not None:
-        return cached
+    cache = device.__dict__.setdefault("_flush_overhead_ms", {})
+    if spin_ms in cache:
+        return cache[spin_ms]
     walls = []
     for _ in range(3):
         evs = [(device.event(), device.event()) for _ in range(plan.batch_size)]
         device.synchronize()
         t0 = device.wall()
         for s, e in evs:
-            device.flush()
+            device.flush(spin_ms)
             device.record(s)
             device.record(e)
         device.synchronize()
         walls.append((device.wall() - t0) * 1e3 / plan.batch_size)
-    device._flush_overhead_ms = _median(walls)  # type: ignore[attr-defined]
-    return device._flush_overhead_ms  # type: ignore[attr-defined]
+    cache[spin_ms] = _median(walls)
+    return cache[spin_ms]
+
+
+def spin_for(host_ms: list[float]) -> float:
+    """The GPU spin before each timed call: twice the call's host-side cost (median of the
+    warm-up calls after the first, which may compile), at least MIN_SPIN_MS, rounded up to
+    0.05 ms so that the flush-only baseline is shared between nearby values."""
+    steady = host_ms[1:] or host_ms
+    return max(MIN_SPIN_MS, math.ceil(2 * _median(steady) / 0.05) * 0.05) if steady else MIN_SPIN_MS
 
 
 def time_calls(device: Device, fn: Callable[..., Any], inputs: Callable[[], tuple[int, tuple]],
@@ -397,15 +429,19 @@ def time_calls(device: Device, fn: Callable[..., Any], inputs: Callable[[], tupl
                who: str = "yours") -> Timing:
     """Time fn on fresh inputs in synchronized batches; check each output when check is given."""
     verify_timer(f"before timing {who}")
+    host_ms = []
     for _ in range(plan.warmup):
         i, args = inputs()
+        t0 = device.wall()
         out = fn(*args)
+        host_ms.append((device.wall() - t0) * 1e3)  # the host's cost of launching the call
         device.synchronize()
         if check is not None:
             check_outputs([(i, args, out)], check, who, "warm-up call")
         del out
     verify_timer(f"after {who} ran its warm-up")
-    overhead = flush_overhead_ms(device, plan)
+    spin_ms = spin_for(host_ms)
+    overhead = flush_overhead_ms(device, plan, spin_ms)
     event_means, walls = [], []
     for _ in range(plan.batches):
         batch = [inputs() for _ in range(plan.batch_size)]
@@ -418,7 +454,7 @@ def time_calls(device: Device, fn: Callable[..., Any], inputs: Callable[[], tupl
             device.synchronize()
             t0 = device.wall()
             for (_, args), (s, e) in zip(batch, evs):
-                device.flush()
+                device.flush(spin_ms)
                 device.record(s)
                 outs.append(fn(*args))
                 device.record(e)
