@@ -113,6 +113,11 @@ _LONG_BLOCK_N = 16384
 # Under the CPU interpreter: 4 rows a tile (its cost is per tile, not per element) and a
 # grid of 3 programs, so that each program walks several tiles as a persistent launch does.
 _CPU_BLOCK_M, _CPU_PROGRAMS = 4, 3
+# Rows of up to 4096 columns get a pinned launch. Timed with the perf harness on an H200 (scripts/softmax_config_sweep.py,
+# 2026-11-29), one row per program with 64 bytes per thread was within 1.5% of the fastest
+# config at 1k and 4k columns in fp32 and bf16 (4.02-4.22 TB/s of 4.27), while the slowest
+# config the autotuner could pick ran 12% slower at bf16 1k.
+_SHORT_ROW_COLS = 4096
 
 
 def _fused_configs() -> list[triton.Config]:
@@ -238,7 +243,14 @@ def softmax_triton(x: torch.Tensor) -> torch.Tensor:
         return y.reshape(x.shape)
     if n_cols <= _MAX_FUSED_COLS:
         block_n = triton.next_power_of_2(n_cols)
-        if x.is_cuda:  # rows per program, warps and persistence by measurement, once per n_cols
+        row_bytes = block_n * x.element_size()
+        if x.is_cuda and block_n <= _SHORT_ROW_COLS:
+            # Short rows: one row per program, 64 bytes per thread. Pinned, not autotuned: the
+            # autotuner's pick among configs 1-12% apart changed from run to run on an H200.
+            _softmax_rows_kernel[(n_rows,)](x2, y, n_rows, n_cols, x2.stride(0), y.stride(0),
+                                            BLOCK_M=1, BLOCK_N=block_n, NUM_STAGES=1,
+                                            PROGRAMS_PER_SM=0, num_warps=max(1, row_bytes // 2048))
+        elif x.is_cuda:  # rows per program, warps and persistence by measurement, once per n_cols
             n_sm = _num_sms(x.device.index)
             _softmax_rows_tuned[_grid(n_rows, n_sm)](x2, y, n_rows, n_cols, x2.stride(0), y.stride(0),
                                                      BLOCK_N=block_n)

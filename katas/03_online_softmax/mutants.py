@@ -170,7 +170,7 @@ MUTANTS: list[Mutant] = [
         "the launcher passes n_cols as the row stride: a strided view (a slice of a wider tensor) is read wrong",
         find="x2.stride(0)",
         replace="n_cols",
-        count=3,
+        count=4,
     ),
     Mutant(
         "triton_loop_drops_tail",
