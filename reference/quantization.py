@@ -1,0 +1,278 @@
+"""Kata 11: weight quantization, reference solution.
+
+Round-to-nearest (RTN) quantization of a weight matrix w (out, in) along `in`, in groups of
+`group_size` columns, into unsigned codes with a float32 scale and zero point per group:
+
+    W_hat[i, j] = (codes[i, j] - zeros[i, g]) * scales[i, g],    g = j // group_size
+
+then 4-bit packing (two codes a byte) and a Triton kernel that multiplies activations by the
+packed weight without ever writing W_hat to memory (w4a16: 4-bit weights, 16-bit activations).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+# -- Tasks 1-3: quantize / dequantize --------------------------------------------------------
+def _group_count(cols: int, group_size: int) -> tuple[int, int]:
+    """(group size, number of groups) for a row of `cols` columns; ValueError if it does not divide."""
+    gs = cols if group_size == -1 else group_size
+    if not isinstance(group_size, int) or gs <= 0 or cols % gs != 0:
+        raise ValueError(f"group_size {group_size} does not divide in = {cols} (use a divisor of in, or -1)")
+    return gs, cols // gs
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               group_size: int) -> torch.Tensor:
+    """W_hat = (codes - zeros[group]) * scales[group], float32 (out, in)."""
+    if codes.dim() != 2:
+        raise ValueError(f"codes must be (out, in), got shape {tuple(codes.shape)}")
+    rows, cols = codes.shape
+    gs, n_groups = _group_count(cols, group_size)
+    if tuple(scales.shape) != (rows, n_groups) or tuple(zeros.shape) != (rows, n_groups):
+        raise ValueError(f"scales and zeros must be ({rows}, {n_groups}) for codes {tuple(codes.shape)} "
+                         f"and group_size {group_size}; got {tuple(scales.shape)} and {tuple(zeros.shape)}")
+    c = codes.to(torch.float32).reshape(rows, n_groups, gs)
+    z = zeros.to(torch.float32).unsqueeze(-1)
+    s = scales.to(torch.float32).unsqueeze(-1)
+    return ((c - z) * s).reshape(rows, cols)
+
+
+def quantize(w: torch.Tensor, *, bits: int = 8, group_size: int = -1,
+             sym: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest quantization of w (out, in): (codes uint8, scales f32, zeros f32)."""
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"w must be a 2-D float tensor (out, in), got {tuple(w.shape)} {w.dtype}")
+    rows, cols = w.shape
+    gs, n_groups = _group_count(cols, group_size)
+    # float64 weights are computed in float64; everything else in float32 (fp16/bf16 are exact there)
+    cdt = torch.float64 if w.dtype == torch.float64 else torch.float32
+    wg = w.to(cdt).reshape(rows, n_groups, gs)
+    qmax = 2**bits - 1
+    if sym:
+        amax = wg.abs().amax(dim=-1)
+        scales = (amax / (2 ** (bits - 1) - 1)).to(torch.float32)
+        zeros = torch.full_like(scales, float(2 ** (bits - 1)))
+    else:
+        lo = wg.amin(dim=-1).clamp(max=0.0)  # the range always holds 0.0, so 0.0 is on the grid
+        hi = wg.amax(dim=-1).clamp(min=0.0)
+        scales = ((hi - lo) / qmax).to(torch.float32)
+    # An all-zero group has scale 0: divide by 1 there instead (its codes land on the zero point).
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales)).to(cdt)
+    if not sym:
+        zeros = torch.round(-lo / safe).clamp(0, qmax).to(torch.float32)
+    q = torch.round(wg / safe.unsqueeze(-1)) + zeros.to(cdt).unsqueeze(-1)
+    codes = q.clamp(0, qmax).to(torch.uint8).reshape(rows, cols)
+    return codes, scales, zeros
+
+
+# -- Task 4: int4 packing ---------------------------------------------------------------------
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """(out, in) codes < 16 -> (out, in // 2) uint8: column 2j low nibble, 2j + 1 high nibble."""
+    if codes.dim() != 2 or codes.shape[1] % 2 != 0:
+        raise ValueError(f"pack_int4 needs (out, in) codes with an even in, got shape {tuple(codes.shape)}")
+    if codes.is_floating_point() or codes.dtype == torch.bool:
+        raise ValueError(f"pack_int4 needs integer codes, got {codes.dtype}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 16):
+        raise ValueError(f"pack_int4 needs codes in [0, 16), got values in "
+                         f"[{int(codes.min())}, {int(codes.max())}]")
+    c = codes.to(torch.uint8)
+    return c[:, 0::2] | (c[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_int4: (out, in // 2) uint8 -> (out, in) uint8 codes."""
+    if packed.dim() != 2 or packed.dtype != torch.uint8:
+        raise ValueError(f"unpack_int4 needs a (out, in // 2) uint8 tensor, got "
+                         f"{tuple(packed.shape)} {packed.dtype}")
+    lo = packed & 0xF
+    hi = packed >> 4
+    return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], 2 * packed.shape[1])
+
+
+# -- Task 5: the w4a16 Triton kernel ----------------------------------------------------------
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAGIC = 0x4B000000  # the bits of 2.0**23 as float32: (MAGIC | c) read as a float is 2**23 + c
+
+
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, p_ptr, s_ptr, z_ptr, out_ptr,
+    M, N, K, group_size, blocks_per_split,
+    stride_xm, stride_xk, stride_pn, stride_pk,
+    stride_sn, stride_sg, stride_zn, stride_zg,
+    stride_os, stride_om, stride_on,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_DOT: tl.constexpr, GROUP_PER_BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """One program: BLOCK_N output features x BLOCK_M rows of x, over one split of K.
+
+    Per K block the program loads BLOCK_N x BLOCK_K/2 packed bytes, unpacks both nibbles in
+    registers and multiplies them by x; W_hat never leaves the registers. When a block lies in
+    one group (GROUP_PER_BLOCK) the scale and zero are applied once per block and row:
+        sum_k x_k (c_k - z) s = s * (sum_k x_k c_k - z * sum_k x_k),
+    so the inner loop works on the raw codes (exact small integers in any float type).
+    USE_DOT (M > 1): tensor cores on W (BLOCK_N, BLOCK_K) @ x^T (BLOCK_K, BLOCK_M); else
+    (M = 1, a GEMV) a multiply and a row sum on the CUDA cores.
+    """
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = BLOCK_K // 2
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_b = tl.arange(0, HALF)
+    offs_k = tl.arange(0, BLOCK_K)
+    if USE_DOT:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < M
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    kb_start = pid_s * blocks_per_split
+    kb_end = tl.minimum(kb_start + blocks_per_split, tl.cdiv(K, BLOCK_K))
+    for kb in range(kb_start, kb_end):
+        # packed bytes of this block: (BLOCK_N, HALF), contiguous along K in each row
+        byte = kb * HALF + offs_b
+        b_mask = byte < K // 2
+        pk = tl.load(p_ptr + offs_n[:, None] * stride_pn + byte[None, :] * stride_pk,
+                     mask=n_mask[:, None] & b_mask[None, :], other=0).to(tl.int32)
+        # nibble -> float without an int-to-float conversion (a slow instruction on GPUs):
+        # OR the code into the mantissa of 2**23, read the bits as a float, subtract 2**23.
+        lo = ((pk & 0xF) | MAGIC).to(tl.float32, bitcast=True) - 8388608.0
+        hi = ((pk >> 4) | MAGIC).to(tl.float32, bitcast=True) - 8388608.0
+        w = tl.interleave(lo, hi)  # (BLOCK_N, BLOCK_K): column 2j from the low nibble, 2j + 1 high
+        cols = kb * BLOCK_K + offs_k
+        k_mask = cols < K
+        if GROUP_PER_BLOCK:  # the whole block in one group: one scale and zero per row n
+            g = (kb * BLOCK_K) // group_size
+            s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_mask, other=0.0).to(tl.float32)
+        else:  # groups smaller than a block (or not a power of two): dequantize element by element
+            gcol = cols // group_size
+            wmask = n_mask[:, None] & k_mask[None, :]
+            s2 = tl.load(s_ptr + offs_n[:, None] * stride_sn + gcol[None, :] * stride_sg,
+                         mask=wmask, other=0.0).to(tl.float32)
+            z2 = tl.load(z_ptr + offs_n[:, None] * stride_zn + gcol[None, :] * stride_zg,
+                         mask=wmask, other=0.0).to(tl.float32)
+            w = (w - z2) * s2
+        if USE_DOT:
+            xt_raw = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None] * stride_xk,
+                             mask=k_mask[:, None] & m_mask[None, :], other=0.0)  # (BLOCK_K, BLOCK_M)
+            xt = xt_raw.to(tl.float32)
+            if DOT_F32:  # the interpreter: float32 throughout
+                part = tl.dot(w, xt)
+            else:  # codes are exact in fp16/bf16; x goes in as it is; fp32 accumulation
+                part = tl.dot(w.to(xt_raw.dtype), xt_raw)
+            if GROUP_PER_BLOCK:
+                xs = tl.sum(xt, axis=0)  # (BLOCK_M,) sum of x over the block
+                acc += s[:, None] * (part - z[:, None] * xs[None, :])
+            else:
+                acc += part
+        else:
+            xv = tl.load(x_ptr + pid_m * stride_xm + cols * stride_xk, mask=k_mask, other=0.0).to(tl.float32)
+            part = tl.sum(w * xv[None, :], axis=1)  # (BLOCK_N,)
+            if GROUP_PER_BLOCK:
+                acc += s * (part - z * tl.sum(xv, axis=0))
+            else:
+                acc += part
+    out_base = out_ptr + pid_s * stride_os
+    if USE_DOT:
+        tl.store(out_base + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on,
+                 acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
+    else:
+        tl.store(out_base + pid_m * stride_om + offs_n * stride_on,
+                 acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _sum_splits_kernel(ws_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = sum over the splits of the float32 partials ws[s, i], cast to out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(SPLITS):
+        total += tl.load(ws_ptr + s * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: a handful of programs, but enough to exercise split-K
+
+
+def _config(M: int, N: int, K: int, gs: int, sms: int) -> dict:
+    """The launch configuration, a function of the shapes alone (no autotuning).
+
+    BLOCK_K: the largest power of two (<= 256, >= 32) dividing the group, so a block never
+    straddles two groups; else 64 with per-element scales. M = 1: a GEMV on the CUDA cores;
+    M > 1: tensor cores with M padded to 16, 32 or 64. Split-K until the grid has about four
+    programs per SM: a 8192-row weight has only 128 tiles of 64 rows, too few for 132 SMs.
+    """
+    bk = next((b for b in (256, 128, 64, 32) if gs % b == 0), None)
+    per_block = bk is not None
+    if bk is None:
+        bk = 64
+    if M == 1:
+        bm, bn, warps, use_dot = 1, 64, 4, False
+    else:
+        bm = 16 if M <= 16 else 32 if M <= 32 else 64
+        bn, warps, use_dot = 64, 4, True
+        bk = min(bk, 128)  # a (64 x 128) weight tile and x tiles of up to (128 x 64)
+    tiles = triton.cdiv(N, bn) * triton.cdiv(M, bm)
+    k_blocks = triton.cdiv(K, bk)
+    split = max(1, min(triton.cdiv(4 * sms, tiles), k_blocks, 16))
+    per_split = triton.cdiv(k_blocks, split)
+    split = triton.cdiv(k_blocks, per_split)  # no empty splits
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, USE_DOT=use_dot, GROUP_PER_BLOCK=per_block,
+                num_warps=warps, split=split, per_split=per_split)
+
+
+def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (M, K) fp16/bf16 @ W_hat^T, W_hat (N, K) given as packed int4 codes, scales and zeros."""
+    if x.dim() != 2 or packed.dim() != 2:
+        raise ValueError(f"x must be (M, K) and packed (N, K // 2), got {tuple(x.shape)} and {tuple(packed.shape)}")
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"x must be float16 or bfloat16, got {x.dtype}")
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"packed must be uint8, got {packed.dtype}")
+    M, K = x.shape
+    N = packed.shape[0]
+    if packed.shape[1] * 2 != K:
+        raise ValueError(f"packed {tuple(packed.shape)} holds {2 * packed.shape[1]} columns, x has K = {K}")
+    gs, n_groups = _group_count(K, group_size)
+    if tuple(scales.shape) != (N, n_groups) or tuple(zeros.shape) != (N, n_groups):
+        raise ValueError(f"scales and zeros must be ({N}, {n_groups}), got {tuple(scales.shape)} and {tuple(zeros.shape)}")
+    out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return out
+    cfg = _config(M, N, K, gs, _sm_count(x.device))
+    split, per_split = cfg.pop("split"), cfg.pop("per_split")
+    warps = cfg.pop("num_warps")
+    if split == 1:
+        target, stride_os = out, 0
+    else:  # float32 partial sums, one slab per split, summed by a second kernel
+        target = torch.empty((split, M, N), device=x.device, dtype=torch.float32)
+        stride_os = target.stride(0)
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]), split, triton.cdiv(M, cfg["BLOCK_M"]))
+    _w4a16_kernel[grid](
+        x, packed, scales, zeros, target,
+        M, N, K, gs, per_split,
+        x.stride(0), x.stride(1), packed.stride(0), packed.stride(1),
+        scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1),
+        stride_os, target.stride(-2), target.stride(-1),
+        DOT_F32=_INTERPRET, num_warps=warps, num_stages=1 if _INTERPRET else 3, **cfg,
+    )
+    if split > 1:
+        numel = M * N
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(numel, block),)](target, out, numel, SPLITS=split, BLOCK=block)
+    return out
