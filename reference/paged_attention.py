@@ -81,8 +81,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     for b, n in enumerate(seq_lens.tolist()):
         n_blocks = _cdiv(n, block_size)
         blocks = block_tables[b, :n_blocks].long()  # entries past these are never read
-        k = k_cache[blocks].reshape(n_blocks * block_size, Hkv, D)[:n].to(cdt)  # (n, Hkv, D)
-        v = v_cache[blocks].reshape(n_blocks * block_size, Hkv, D)[:n].to(cdt)
+
+        def gather(cache: torch.Tensor) -> torch.Tensor:  # (n, Hkv, D): the sequence's tokens in order
+            return cache[blocks].reshape(n_blocks * block_size, Hkv, D)[:n].to(cdt)
+
+        k, v = gather(k_cache), gather(v_cache)
         # Query head h reads kv head h // group: repeat each kv head group times, in order.
         k = k.repeat_interleave(group, dim=1)  # (n, Hq, D)
         v = v.repeat_interleave(group, dim=1)

@@ -143,6 +143,8 @@ def call(fn, case: Case, what: str, **kw) -> torch.Tensor:
     try:
         out = fn(*case.args, **kw)
     except (IndexError, RuntimeError) as exc:
+        if not isinstance(exc, IndexError) and "index" not in str(exc).lower():
+            raise
         raise AssertionError(f"{what} raised {type(exc).__name__}: {str(exc)[:300]}\n  inputs: "
                              f"lens {case.lens}, block_size {case.k_cache.shape[1]}, "
                              f"num_blocks {case.k_cache.shape[0]}, seed {case.seed}\n  hint: "
@@ -322,7 +324,7 @@ class TestTask2PagedAttention:
                      hint="sequence b has ceil(len / block_size) blocks; token t is at "
                           "(block_tables[b, t // block_size], t % block_size)")
 
-    @settings(max_examples=max_examples(40))
+    @settings(max_examples=max_examples(30))
     @given(seed=st.integers(0, 2**31 - 1), lens=st.lists(st.integers(0, 40), min_size=1, max_size=4),
            block_size=st.sampled_from(BLOCK_SIZES), Hkv=st.sampled_from([1, 2, 3]),
            group=st.sampled_from([1, 2, 4]), D=st.sampled_from([4, 8, 16]),
@@ -374,7 +376,6 @@ class TestTask2PagedAttention:
 
 
 # ====================================================================== Task 3: paged_attention_triton, one split
-KERNEL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (lens, Hq, Hkv, D, block_size): each small enough for the interpreter, together covering GQA
 # and MQA, block sizes 1 to 32, lengths 0, 1, exact multiples and several 16-token steps.
 CPU_CASES = [
@@ -389,6 +390,11 @@ GPU_CASES = CPU_CASES + [
     ([129, 640], 16, 4, 128, 5),
 ]
 CASES = GPU_CASES if ON_GPU else CPU_CASES
+KERNEL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Under the interpreter every dtype runs on two cases, float32 on all; on a GPU all on all.
+_HALF_CPU_CASES = {torch.float16: (0, 2), torch.bfloat16: (0, 1), torch.float32: (0, 1, 2, 3)}
+ONE_SPLIT = [(c, dt) for dt in KERNEL_DTYPES for i, c in enumerate(CASES)
+             if ON_GPU or i in _HALF_CPU_CASES[dt]]
 
 
 def case_id(c) -> str:
@@ -414,8 +420,7 @@ class TestTask3TritonKernel:
             f"out must be {case.q.dtype} on {case.q.device}, got {out.dtype} on {out.device}")
         assert_unchanged(before, case, "paged_attention_triton")
 
-    @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=dname)
-    @pytest.mark.parametrize("c", CASES, ids=case_id)
+    @pytest.mark.parametrize("c,dtype", ONE_SPLIT, ids=[f"{case_id(c)}-{dname(dt)}" for c, dt in ONE_SPLIT])
     def test_one_split(self, c, dtype):
         case = triton_case(c, dtype)
         out = call(m.paged_attention_triton, case, "paged_attention_triton(num_splits=1)", num_splits=1)
@@ -432,6 +437,10 @@ class TestTask3TritonKernel:
 
 
 # ====================================================================== Task 4: split-KV
+SPLITS = [(torch.float32, 2), (torch.float32, 3), (torch.float32, 5), (torch.float32, None),
+          (torch.bfloat16, 3), (torch.float16, 2)]
+
+
 class TestTask4SplitKV:
     @pytest.mark.parametrize("bad", [0, -1])
     def test_num_splits_below_one_raises(self, bad):
@@ -439,12 +448,11 @@ class TestTask4SplitKV:
         with assert_raises(ValueError, f"paged_attention_triton(num_splits={bad})"):
             m.paged_attention_triton(*case.args, num_splits=bad)
 
-    @pytest.mark.parametrize("num_splits", [2, 3, 5, None])
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dname)
+    @pytest.mark.parametrize("dtype,num_splits", SPLITS, ids=[f"{dname(dt)}-{n}" for dt, n in SPLITS])
     def test_every_num_splits_gives_the_same_result(self, dtype, num_splits):
-        """Sequences of 0 to 71 tokens (up to 18 blocks of 4) split 2, 3, 5 ways or as the
-        kernel chooses: some splits hold a partial tile, some of the short ones nothing."""
-        case = make_case(21, [71, 0, 2, 33], Hq=4, Hkv=2, D=16, block_size=4, dtype=dtype, device=DEV)
+        """Sequences of 71, 0 and 33 tokens (up to 18 blocks of 4) split 2, 3, 5 ways or as the
+        kernel chooses: some splits hold a partial tile, the empty sequence's hold nothing."""
+        case = make_case(21, [71, 0, 33], Hq=4, Hkv=1, D=16, block_size=4, dtype=dtype, device=DEV)
         with count_triton_launches() as launches:
             out = call(m.paged_attention_triton, case, f"paged_attention_triton(num_splits={num_splits})",
                        num_splits=num_splits)
@@ -456,11 +464,11 @@ class TestTask4SplitKV:
                           "log base throughout; together the splits must cover every key exactly once")
 
     def test_more_splits_than_tokens(self):
-        """num_splits = 9 > every length: most splits are empty (lse = -inf) and must add nothing."""
-        case = make_case(22, [0, 1, 3, 8], Hq=2, Hkv=1, D=16, block_size=2, dtype=torch.float32, device=DEV)
-        out = call(m.paged_attention_triton, case, "paged_attention_triton(num_splits=9)", num_splits=9)
-        check_values(out, case, "paged_attention_triton(num_splits=9), lengths [0, 1, 3, 8]",
-                     num_splits=9,
+        """num_splits = 7 > every length: most splits are empty (lse = -inf) and must add nothing."""
+        case = make_case(22, [0, 1, 5], Hq=2, Hkv=1, D=16, block_size=2, dtype=torch.float32, device=DEV)
+        out = call(m.paged_attention_triton, case, "paged_attention_triton(num_splits=7)", num_splits=7)
+        check_values(out, case, "paged_attention_triton(num_splits=7), lengths [0, 1, 5]",
+                     num_splits=7,
                      hint="an empty split has lse = -inf and out 0; the merge must not compute "
                           "-inf - (-inf) (NaN): use 0 in place of a -inf max, as in kata 03")
 
