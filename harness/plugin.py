@@ -62,6 +62,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--task", default=None, metavar="N[,M]",
         help="run only the checks of these tasks of the kata (as numbered in its README)",
     )
+    group.addoption(
+        "--use-ref", default=None, metavar="NN[,MM]",
+        help="kata 16: our reference for these katas' modules (e.g. 04,07, or all), "
+        "yours for the others (harness/compose.py)",
+    )
 
 
 def _rewrite_kata_args(args: list[str]) -> list[str]:
@@ -95,6 +100,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     os.environ[ENV_VAR] = str(impl)
     config._kata_impl = impl  # type: ignore[attr-defined]
+    if config.getoption("--use-ref") is not None:
+        from harness.compose import set_use_ref
+
+        try:
+            set_use_ref(config.getoption("--use-ref"))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
     config.args[:] = _rewrite_kata_args(list(config.args))
     config._kata_gpu = _cuda_available()  # type: ignore[attr-defined]
     if not config._kata_gpu:  # type: ignore[attr-defined]
