@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 LOG2E = math.log2(math.e)
-LN2 = math.log(2.0)
+LN2 = tl.constexpr(math.log(2.0))  # a constexpr: a @triton.jit function may read it
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -105,6 +105,14 @@ _BLOCK_N = 16 if _INTERPRET else 64
 _NUM_WARPS, _NUM_STAGES = 4, 3
 _MIN_TOKENS_PER_SPLIT = 4 * _BLOCK_N  # a split shorter than this costs more to merge than it saves
 _MAX_MERGE_CHUNK = 64  # splits the merge kernel folds per step
+# Programs per SM that num_splits=None plans for. Compiled for sm_90 (Triton 3.9), the bf16
+# D=128 split kernel with the config above uses 113 registers a thread (x 128 threads) and
+# 39 KiB of shared memory (the next step's block ids and K/V tiles prefetched with cp.async),
+# so 4 fit on an SM: 528 on an H200. The split count keeps B * Hkv * S within that, so every
+# program is resident at once: one wave, no straggler wave of a few programs that would each
+# keep only 32 KiB in flight. (If a build needs more registers and only 3 fit, the overflow is
+# at most one program per SM.)
+_PROGRAMS_PER_SM = 4
 
 
 @functools.cache
@@ -113,13 +121,14 @@ def _sm_count(device_index: int) -> int:
 
 
 def _choose_num_splits(batch: int, num_kv_heads: int, max_tokens: int, device: torch.device) -> int:
-    """Enough (sequence, kv head, split) programs to fill the GPU ~4 programs per SM, but
-    no split shorter than _MIN_TOKENS_PER_SPLIT. Decided on the host from shapes only (the
-    table's width bounds every length): reading seq_lens would wait for the GPU."""
+    """As many splits as keep all B * Hkv * S programs resident in one wave, but no split
+    shorter than _MIN_TOKENS_PER_SPLIT. Decided on the host from shapes only (the table's
+    width bounds every length): reading seq_lens would wait for the GPU."""
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 2
-    wanted = _cdiv(4 * sms, max(1, batch * num_kv_heads))
-    return max(1, min(wanted, _cdiv(max_tokens, _MIN_TOKENS_PER_SPLIT)))
+    by_occupancy = (_PROGRAMS_PER_SM * sms) // max(1, batch * num_kv_heads)
+    by_length = _cdiv(max_tokens, _MIN_TOKENS_PER_SPLIT)
+    return max(1, min(by_occupancy, by_length))
 
 
 @triton.jit
