@@ -80,15 +80,14 @@ def maxq_of(bits: int) -> int:
 
 # ---------------------------------------------------------------- the float64 yardstick
 def obs_loop(w: torch.Tensor, h: torch.Tensor, damp: float, order: torch.Tensor, scales: torch.Tensor,
-             zeros: torch.Tensor, group_of_pos: torch.Tensor, bits: int,
-             forced: torch.Tensor | None = None) -> dict:
+             zeros: torch.Tensor, group_size: int, bits: int, forced: torch.Tensor | None = None) -> dict:
     """GPTQ in float64, one column at a time, in `order`, on the given grids.
 
     Dead columns (zero diagonal) get H_ii = 1 and W[:, i] = 0; then damp * mean(diag(H)) is
-    added to the diagonal. Position k uses grid group_of_pos[k]. Quantizing column j with
-    code c: e = (w_j - (c - z) s) / Hinv_jj, W[:, j:] -= e Hinv[j, j:], and Hinv loses row
-    and column j (Hinv -= Hinv[:, j] Hinv[j, :] / Hinv_jj). With `forced` (codes in the
-    original column order) those codes are used instead of rounding.
+    added to the diagonal. The k-th column quantized uses grid k // group_size. Quantizing
+    column j with code c: e = (w_j - (c - z) s) / Hinv_jj, W[:, j:] -= e Hinv[j, j:], and Hinv
+    loses row and column j (Hinv -= Hinv[:, j] Hinv[j, :] / Hinv_jj). With `forced` (codes in
+    the original column order) those codes are used instead of rounding.
 
     Returns codes (original order, float64), the grid position t = w/s + z of every weight
     when it was quantized (processing order), and each group's weights when it started.
@@ -101,26 +100,32 @@ def obs_loop(w: torch.Tensor, h: torch.Tensor, damp: float, order: torch.Tensor,
     H += damp * torch.diagonal(H).mean() * torch.eye(H.shape[0], dtype=torch.float64)
     W, H = W[:, order], H[order][:, order]
     Hinv = torch.linalg.inv(H)
-    s = scales.double()[:, group_of_pos]
-    z = zeros.double()[:, group_of_pos]
     n = W.shape[1]
-    t_all, codes, at_start = torch.empty_like(W), torch.empty_like(W), {}
+    gs = n if group_size == -1 else group_size
+    pos_group = torch.arange(n) // gs
+    # Row k of these is the k-th column quantized (contiguous rows: fast on a CPU).
+    Wt = W.T.contiguous()
+    s = scales.double()[:, pos_group].T.contiguous()
+    z = zeros.double()[:, pos_group].T.contiguous()
+    s_div = torch.where(s > 0, s, torch.ones_like(s))  # an all-zero group may have scale 0
+    Ft = None if forced is None else forced.double()[:, order].T.contiguous()
+    T, C, at_start = torch.empty_like(Wt), torch.empty_like(Wt), {}
     for j in range(n):
-        g = int(group_of_pos[j])
-        if g not in at_start:
-            at_start[g] = W[:, j:][:, group_of_pos[j:] == g].clone()
-        sj = torch.where(s[:, j] > 0, s[:, j], torch.ones_like(s[:, j]))  # an all-zero group may have s = 0
-        t = W[:, j] / sj + z[:, j]
-        t_all[:, j] = t
-        c = torch.clamp(torch.round(t), 0, maxq_of(bits)) if forced is None else forced[:, order[j]].double()
-        codes[:, j] = c
-        e = (W[:, j] - (c - z[:, j]) * s[:, j]) / Hinv[j, j]
-        W[:, j + 1:].addr_(e, Hinv[j, j + 1:], alpha=-1)
+        if j % gs == 0:
+            at_start[j // gs] = Wt[j:j + gs].T.clone()
+        wj = Wt[j]
+        t = wj / s_div[j] + z[j]
+        T[j] = t
+        c = torch.clamp(torch.round(t), 0, maxq_of(bits)) if Ft is None else Ft[j]
+        C[j] = c
+        d = Hinv[j, j].item()
+        e = (wj - (c - z[j]) * s[j]) / d
+        Wt[j + 1:].addr_(Hinv[j, j + 1:], e, alpha=-1)
         # only the columns still to come matter: update Hinv's trailing block in place
-        Hinv[j + 1:, j + 1:].addr_(Hinv[j + 1:, j], Hinv[j, j + 1:], alpha=-1 / Hinv[j, j].item())
-    orig = torch.empty_like(codes)
-    orig[:, order] = codes
-    return {"codes": orig, "t": t_all, "at_start": at_start}
+        Hinv[j + 1:, j + 1:].addr_(Hinv[j + 1:, j], Hinv[j, j + 1:], alpha=-1 / d)
+    codes = torch.empty_like(W)
+    codes[:, order] = C.T
+    return {"codes": codes, "t": T.T, "at_start": at_start}
 
 
 # ---------------------------------------------------------------- checks
@@ -244,8 +249,7 @@ def check_gptq(q, w: torch.Tensor, h: torch.Tensor, *, bits: int, group_size: in
         order = torch.arange(n_in)
         assert torch.equal(q.g_idx.cpu(), order // gs), (
             f"{where}: g_idx must be column // group_size = arange({n_in}) // {gs}, got {q.g_idx[:12].tolist()}...")
-    ref = obs_loop(w, h, damp, order, q.scales.cpu(), q.zeros.cpu(), torch.arange(n_in) // gs, bits,
-                   forced=q.codes.cpu())
+    ref = obs_loop(w, h, damp, order, q.scales.cpu(), q.zeros.cpu(), gs, bits, forced=q.codes.cpu())
     check_codes(q.codes.cpu(), ref["t"], order, bits, where, GPTQ_HINT)
     if grid:
         check_grid(q, ref["at_start"], bits, sym, where)
@@ -258,7 +262,7 @@ def check_beats_rtn(q, r, w, h, x, *, bits, group_size, margin, where, act_order
     n_in = w.shape[1]
     gs = n_in if group_size == -1 else group_size
     order = q.perm.long().cpu() if act_order else torch.arange(n_in)
-    free = obs_loop(w, h, damp, order, q.scales, q.zeros, torch.arange(n_in) // gs, bits)
+    free = obs_loop(w, h, damp, order, q.scales, q.zeros, gs, bits)
     plain = free["codes"] - q.zeros.double()[:, q.g_idx]
     plain = plain * q.scales.double()[:, q.g_idx]
     e_q, e_r, e_p = out_err(w, m.dequantize(q), x), out_err(w, m.dequantize(r), x), out_err(w, plain, x)
