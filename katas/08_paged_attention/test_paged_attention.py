@@ -21,7 +21,6 @@ run realistic shapes (Hq = 32, Hkv = 8, D = 128, a thousand tokens).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import pytest
