@@ -98,7 +98,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 # -- Task 5: the w4a16 Triton kernel ----------------------------------------------------------
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-MAGIC = 0x4B000000  # the bits of 2.0**23 as float32: (MAGIC | c) read as a float is 2**23 + c
+MAGIC_F32 = tl.constexpr(0x4B000000)  # the bits of 2.0**23: (MAGIC_F32 | c) read as a float32 is 2**23 + c
 
 
 @triton.jit
@@ -109,86 +109,94 @@ def _w4a16_kernel(
     stride_sn, stride_sg, stride_zn, stride_zg,
     stride_os, stride_om, stride_on,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    USE_DOT: tl.constexpr, GROUP_PER_BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
+    GROUP_PER_BLOCK: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     """One program: BLOCK_N output features x BLOCK_M rows of x, over one split of K.
 
-    Per K block the program loads BLOCK_N x BLOCK_K/2 packed bytes, unpacks both nibbles in
-    registers and multiplies them by x; W_hat never leaves the registers. When a block lies in
-    one group (GROUP_PER_BLOCK) the scale and zero are applied once per block and row:
+    Per K block it loads BLOCK_N x BLOCK_K/2 packed bytes, unpacks both nibbles in registers
+    and feeds them to tl.dot as the A operand, (BLOCK_N, BLOCK_K) @ x^T (BLOCK_K, BLOCK_M):
+    W_hat never leaves the registers. When a block lies in one group (GROUP_PER_BLOCK) the
+    scale and zero are applied once per block to the (BLOCK_N, BLOCK_M) partial product:
         sum_k x_k (c_k - z) s = s * (sum_k x_k c_k - z * sum_k x_k),
-    so the inner loop works on the raw codes (exact small integers in any float type).
-    USE_DOT (M > 1): tensor cores on W (BLOCK_N, BLOCK_K) @ x^T (BLOCK_K, BLOCK_M); else
-    (M = 1, a GEMV) a multiply and a row sum on the CUDA cores.
+    so the tensor cores multiply raw codes (small integers, exact in fp16/bf16).
     """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
     HALF: tl.constexpr = BLOCK_K // 2
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n_mask = offs_n < N
+    m_mask = offs_m < M
     offs_b = tl.arange(0, HALF)
     offs_k = tl.arange(0, BLOCK_K)
-    if USE_DOT:
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < M
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    x_dtype = x_ptr.dtype.element_ty
+    if DOT_F32:  # the interpreter: float32 throughout
+        dot_dtype = tl.float32
+        OFFSET: tl.constexpr = 0.0
+    else:  # fp16/bf16 tiles on the tensor cores, fp32 accumulation
+        dot_dtype = x_dtype
+        # A code as a half-precision float without any arithmetic: OR it into the mantissa of
+        # 128.0 (bf16 bits 0x4300) or 1024.0 (fp16 bits 0x6400); the value is OFFSET + c,
+        # exactly, and OFFSET * sum(x) comes off with the zero point below.
+        if x_dtype == tl.bfloat16:
+            MAGIC_PAIR: tl.constexpr = 0x43004300
+            OFFSET: tl.constexpr = 128.0
+        else:
+            MAGIC_PAIR: tl.constexpr = 0x64006400
+            OFFSET: tl.constexpr = 1024.0
+    ones = tl.full([BLOCK_N, BLOCK_K], 1.0, dot_dtype)  # ones @ x^T: every row is sum_k x
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     kb_start = pid_s * blocks_per_split
     kb_end = tl.minimum(kb_start + blocks_per_split, tl.cdiv(K, BLOCK_K))
+    # Rows past N (or M) read row N - 1 (M - 1) again instead of being masked: the loads stay
+    # unpredicated, and the store below drops those rows.
+    rows_n = tl.minimum(offs_n, N - 1)
+    rows_m = tl.minimum(offs_m, M - 1)
     for kb in range(kb_start, kb_end):
         # packed bytes of this block: (BLOCK_N, HALF), contiguous along K in each row
         byte = kb * HALF + offs_b
-        b_mask = byte < K // 2
-        pk = tl.load(p_ptr + offs_n[:, None] * stride_pn + byte[None, :] * stride_pk,
-                     mask=n_mask[:, None] & b_mask[None, :], other=0).to(tl.int32)
-        # nibble -> float without an int-to-float conversion (a slow instruction on GPUs):
-        # OR the code into the mantissa of 2**23, read the bits as a float, subtract 2**23.
-        lo = ((pk & 0xF) | MAGIC).to(tl.float32, bitcast=True) - 8388608.0
-        hi = ((pk >> 4) | MAGIC).to(tl.float32, bitcast=True) - 8388608.0
-        w = tl.interleave(lo, hi)  # (BLOCK_N, BLOCK_K): column 2j from the low nibble, 2j + 1 high
         cols = kb * BLOCK_K + offs_k
-        k_mask = cols < K
+        p_ptrs = p_ptr + rows_n[:, None] * stride_pn + byte[None, :] * stride_pk
+        x_ptrs = x_ptr + rows_m[None, :] * stride_xm + cols[:, None] * stride_xk
+        if GROUP_PER_BLOCK:  # BLOCK_K divides the group, hence K: every block is whole
+            pk = tl.load(p_ptrs).to(tl.int32)
+            xt = tl.load(x_ptrs)  # (BLOCK_K, BLOCK_M)
+        else:
+            k_mask = cols < K
+            pk = tl.load(p_ptrs, mask=(byte < K // 2)[None, :], other=0).to(tl.int32)
+            xt = tl.load(x_ptrs, mask=k_mask[:, None], other=0.0)
+        if DOT_F32:
+            xt = xt.to(tl.float32)
         if GROUP_PER_BLOCK:  # the whole block in one group: one scale and zero per row n
             g = (kb * BLOCK_K) // group_size
-            s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_mask, other=0.0).to(tl.float32)
-        else:  # groups smaller than a block (or not a power of two): dequantize element by element
+            s = tl.load(s_ptr + rows_n * stride_sn + g * stride_sg).to(tl.float32)
+            z = tl.load(z_ptr + rows_n * stride_zn + g * stride_zg).to(tl.float32)
+            if DOT_F32:  # nibble -> float32: OR into the mantissa of 2**23, subtract 2**23
+                lo = ((pk & 0xF) | MAGIC_F32).to(tl.float32, bitcast=True) - 8388608.0
+                hi = ((pk >> 4) | MAGIC_F32).to(tl.float32, bitcast=True) - 8388608.0
+            else:  # both nibbles -> OFFSET + code in x's dtype, by bits alone, in one 32-bit word:
+                # byte * 4097 copies the high nibble to bits 16-19 (the low one stays at 0-3)
+                pair = ((pk * 4097) & 0x000F000F) | MAGIC_PAIR
+                lo = pair.to(tl.int16).to(dot_dtype, bitcast=True)
+                hi = (pair >> 16).to(tl.int16).to(dot_dtype, bitcast=True)
+            w = tl.interleave(lo, hi)  # (BLOCK_N, BLOCK_K): column 2j low nibble, 2j + 1 high
+            part = tl.dot(w, xt)  # (BLOCK_N, BLOCK_M): sum_k (OFFSET + c) x
+            xs = tl.dot(ones, xt)  # (BLOCK_N, BLOCK_M): sum_k x, the same in every row
+            acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs)
+        else:  # groups smaller than a block (or odd): dequantize element by element in fp32
+            lo = ((pk & 0xF) | MAGIC_F32).to(tl.float32, bitcast=True) - 8388608.0
+            hi = ((pk >> 4) | MAGIC_F32).to(tl.float32, bitcast=True) - 8388608.0
+            w = tl.interleave(lo, hi)
             gcol = cols // group_size
-            wmask = n_mask[:, None] & k_mask[None, :]
-            s2 = tl.load(s_ptr + offs_n[:, None] * stride_sn + gcol[None, :] * stride_sg,
-                         mask=wmask, other=0.0).to(tl.float32)
-            z2 = tl.load(z_ptr + offs_n[:, None] * stride_zn + gcol[None, :] * stride_zg,
-                         mask=wmask, other=0.0).to(tl.float32)
-            w = (w - z2) * s2
-        if USE_DOT:
-            xt_raw = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None] * stride_xk,
-                             mask=k_mask[:, None] & m_mask[None, :], other=0.0)  # (BLOCK_K, BLOCK_M)
-            xt = xt_raw.to(tl.float32)
-            if DOT_F32:  # the interpreter: float32 throughout
-                part = tl.dot(w, xt)
-            else:  # codes are exact in fp16/bf16; x goes in as it is; fp32 accumulation
-                part = tl.dot(w.to(xt_raw.dtype), xt_raw)
-            if GROUP_PER_BLOCK:
-                xs = tl.sum(xt, axis=0)  # (BLOCK_M,) sum of x over the block
-                acc += s[:, None] * (part - z[:, None] * xs[None, :])
-            else:
-                acc += part
-        else:
-            xv = tl.load(x_ptr + pid_m * stride_xm + cols * stride_xk, mask=k_mask, other=0.0).to(tl.float32)
-            part = tl.sum(w * xv[None, :], axis=1)  # (BLOCK_N,)
-            if GROUP_PER_BLOCK:
-                acc += s * (part - z * tl.sum(xv, axis=0))
-            else:
-                acc += part
+            s2 = tl.load(s_ptr + rows_n[:, None] * stride_sn + gcol[None, :] * stride_sg,
+                         mask=k_mask[None, :], other=0.0).to(tl.float32)
+            z2 = tl.load(z_ptr + rows_n[:, None] * stride_zn + gcol[None, :] * stride_zg,
+                         mask=k_mask[None, :], other=0.0).to(tl.float32)
+            acc += tl.dot(((w - z2) * s2).to(dot_dtype), xt)  # W_hat rounded to x's dtype
     out_base = out_ptr + pid_s * stride_os
-    if USE_DOT:
-        tl.store(out_base + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on,
-                 acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
-    else:
-        tl.store(out_base + pid_m * stride_om + offs_n * stride_on,
-                 acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+    tl.store(out_base + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on,
+             acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
 
 
 @triton.jit
@@ -211,28 +219,25 @@ def _sm_count(device: torch.device) -> int:
 def _config(M: int, N: int, K: int, gs: int, sms: int) -> dict:
     """The launch configuration, a function of the shapes alone (no autotuning).
 
-    BLOCK_K: the largest power of two (<= 256, >= 32) dividing the group, so a block never
-    straddles two groups; else 64 with per-element scales. M = 1: a GEMV on the CUDA cores;
-    M > 1: tensor cores with M padded to 16, 32 or 64. Split-K until the grid has about four
-    programs per SM: a 8192-row weight has only 128 tiles of 64 rows, too few for 132 SMs.
+    BLOCK_K: the largest power of two (<= 128, >= 32) dividing the group, so a block never
+    straddles two groups; else 64 with per-element scales. BLOCK_M: M padded to 16, 32 or 64
+    (tl.dot needs 16; at M = 1 the tensor cores still beat a CUDA-core dot product, which
+    spends more instructions per weight). Split-K until the grid has about four programs
+    per SM: an 8192-row weight has only 128 tiles of 64 rows, too few for 132 SMs.
     """
-    bk = next((b for b in (256, 128, 64, 32) if gs % b == 0), None)
+    bk = next((b for b in (128, 64, 32) if gs % b == 0), None)
     per_block = bk is not None
     if bk is None:
         bk = 64
-    if M == 1:
-        bm, bn, warps, use_dot = 1, 64, 4, False
-    else:
-        bm = 16 if M <= 16 else 32 if M <= 32 else 64
-        bn, warps, use_dot = 64, 4, True
-        bk = min(bk, 128)  # a (64 x 128) weight tile and x tiles of up to (128 x 64)
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64
+    bn = 64
     tiles = triton.cdiv(N, bn) * triton.cdiv(M, bm)
     k_blocks = triton.cdiv(K, bk)
     split = max(1, min(triton.cdiv(4 * sms, tiles), k_blocks, 16))
     per_split = triton.cdiv(k_blocks, split)
     split = triton.cdiv(k_blocks, per_split)  # no empty splits
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, USE_DOT=use_dot, GROUP_PER_BLOCK=per_block,
-                num_warps=warps, split=split, per_split=per_split)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_PER_BLOCK=per_block,
+                num_warps=4, split=split, per_split=per_split)
 
 
 def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,

@@ -46,10 +46,11 @@ MUTANTS: list[Mutant] = [
     # -- Task 5: the kernel
     Mutant("kernel_nibbles_swapped",
            "the kernel pairs the high nibble with column 2j and the low one with 2j + 1",
-           "w = tl.interleave(lo, hi)", "w = tl.interleave(hi, lo)"),
+           "w = tl.interleave(lo, hi)", "w = tl.interleave(hi, lo)", count=2),
     Mutant("kernel_zero_not_subtracted",
            "the kernel multiplies the raw codes by the scale, forgetting the zero point",
-           "acc += s * (part - z * tl.sum(xv, axis=0))", "acc += s * part"),
+           "acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs)",
+           "acc += s[:, None] * (part - OFFSET * xs)"),
     Mutant("kernel_group_from_row",
            "the kernel takes the group index from the K block's index over the whole K "
            "(col // K): every block reads group 0",
