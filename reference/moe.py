@@ -240,18 +240,6 @@ def _route_align_kernel(Logits, Weights, Order, TileExpert, TileRow, TileEnd,
 
 
 @triton.jit
-def _tile_of(pid, num_tiles, num_pid_n, GROUP_M: tl.constexpr):
-    """Program id -> (tile, column block), GROUP_M tiles at a time down each column block, so
-    that programs running together share weight columns (and x rows) through the L2."""
-    in_group = GROUP_M * num_pid_n
-    first_m = (pid // in_group) * GROUP_M
-    size_m = tl.minimum(num_tiles - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % size_m
-    pid_n = (pid % in_group) // size_m
-    return pid_m, pid_n
-
-
-@triton.jit
 def _gate_up_kernel(X, Order, TileExpert, TileRow, TileEnd, Wg, Wu, H,
                     N, K, num_tiles,
                     stride_xt, stride_xk,
@@ -261,7 +249,14 @@ def _gate_up_kernel(X, Order, TileExpert, TileRow, TileEnd, Wg, Wu, H,
                     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
                     TO_F32: tl.constexpr, PRECISION: tl.constexpr):
-    pid_m, pid_n = _tile_of(tl.program_id(0), num_tiles, tl.cdiv(N, BLOCK_N), GROUP_M)
+    # Program -> (tile, column block), GROUP_M tiles at a time down each column block, so that
+    # programs running together share weight columns (and x rows) through the L2.
+    pid = tl.program_id(0)
+    in_group = GROUP_M * ((N + BLOCK_N - 1) // BLOCK_N)
+    first_m = (pid // in_group) * GROUP_M
+    size_m = tl.minimum(num_tiles - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % size_m
+    pid_n = (pid % in_group) // size_m
     e = tl.load(TileExpert + pid_m)
     if e < 0:  # past the last tile of the last expert: nothing to do
         return
@@ -296,7 +291,7 @@ def _gate_up_kernel(X, Order, TileExpert, TileRow, TileEnd, Wg, Wu, H,
         a_ptrs += BLOCK_K * stride_xk
         g_ptrs += BLOCK_K * stride_gk
         u_ptrs += BLOCK_K * stride_uk
-    h = acc_g * tl.sigmoid(acc_g) * acc_u  # silu(gate) * up
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # silu(gate) * up
     h_ptrs = H + rows.to(tl.int64)[:, None] * stride_hm + offs_n[None, :]
     tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
 
@@ -308,7 +303,12 @@ def _down_kernel(Hs, Order, Weights, TileExpert, TileRow, TileEnd, Wd, Y,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
                  TO_F32: tl.constexpr, PRECISION: tl.constexpr):
-    pid_m, pid_n = _tile_of(tl.program_id(0), num_tiles, tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid = tl.program_id(0)  # the same grouped order as _gate_up_kernel
+    in_group = GROUP_M * ((N + BLOCK_N - 1) // BLOCK_N)
+    first_m = (pid // in_group) * GROUP_M
+    size_m = tl.minimum(num_tiles - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % size_m
+    pid_n = (pid % in_group) // size_m
     e = tl.load(TileExpert + pid_m)
     if e < 0:
         return
@@ -342,16 +342,17 @@ def _down_kernel(Hs, Order, Weights, TileExpert, TileRow, TileEnd, Wd, Y,
 
 
 # Tile sizes by the average rows per expert (T * top_k / E), chosen on the host from shapes
-# only. Few rows (decode): the matmuls are weight reads; 16-row tiles and wide K blocks keep
-# many loads in flight. Many rows (prefill): 128-row tiles for tensor-core throughput.
-#                       BLOCK_M  gate/up (BLOCK_N, BLOCK_K, warps, stages)  down (same)
+# only. Few rows (decode): the matmuls are weight reads; narrow column blocks give enough
+# programs to fill every SM several times over, wide K blocks keep many bytes in flight.
+# Many rows (prefill): 128-row tiles for tensor-core throughput.
+#   rows per expert up to, BLOCK_M, gate/up (BLOCK_N, BLOCK_K, warps, stages), down (same)
 _CONFIGS = [
-    (16,    16, (64, 128, 4, 4), (64, 128, 4, 4)),
-    (32,    32, (64, 128, 4, 4), (64, 128, 4, 4)),
-    (64,    64, (64, 128, 4, 4), (128, 64, 4, 4)),
+    (8,     16, (64, 128, 4, 4), (32, 256, 4, 4)),
+    (24,    32, (64, 128, 4, 4), (32, 256, 4, 4)),
+    (64,    64, (64, 128, 4, 4), (64, 128, 4, 4)),
     (None, 128, (128, 64, 8, 3), (256, 64, 8, 3)),
 ]
-_INTERPRETER_CONFIG = (16, (16, 16, 1, 1), (16, 16, 1, 1))  # tiny tiles: several tiles per test
+_INTERPRETER_CONFIG = (16, (32, 32, 1, 1), (32, 32, 1, 1))  # small tiles: several per test
 GROUP_M = 8
 
 
@@ -414,4 +415,4 @@ def moe_forward_triton(x: torch.Tensor, router_weight: torch.Tensor, w_gate: tor
             EVEN_K=d_ff % bk2 == 0, TO_F32=to_f32, PRECISION=precision,
             num_warps=w2, num_stages=s2)
     # The unpermute: each token's top_k weighted rows sit next to each other in y.
-    return y.view(T, top_k, d).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    return y.view(T, top_k, d).sum(dim=1)  # torch accumulates half-precision sums in float32
