@@ -304,7 +304,7 @@ class Pool:
         message = self._describe(answers, world, what, timeout)
         if any(k in ("hung", "died") for k in kinds):
             self.kill()  # restarted on next use
-        else:
+        elif not all(k == "todo" for k in kinds):  # (every rank stopped at a stub: nothing in flight)
             self.world = 0  # a failed job may leave messages in flight: a fresh group next time
         todo = [a for a in answers if a[0] == "todo"]
         if todo and all(a[0] in ("todo", "ok") or _gave_up(a) for a in answers):
