@@ -80,7 +80,7 @@ def main() -> int:
                 try:
                     c = cfg(M, N, K, g, sms)
                     cfg_text = (f"BM{c['BLOCK_M']} BN{c['BLOCK_N']} BK{c['BLOCK_K']} split {c['split']} "
-                                f"{'dot' if c['USE_DOT'] else 'fma'} w{c['num_warps']}")
+                                f"warps {c['num_warps']}")
                 except Exception:  # noqa: BLE001 - another implementation's private helper
                     pass
             print(f"| {f'{N} x {K}':<12} | {M:>3} | {ours_ms:8.4f} | {ours_tbps:5.2f} | "
