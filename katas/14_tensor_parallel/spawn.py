@@ -12,8 +12,9 @@ Nothing can hang a test run:
 - every process group has a timeout (GLOO_TIMEOUT_S): a receive that never gets its message
   raises in the rank that waits;
 - the parent waits for each job at most `timeout` seconds; a rank that has not answered by
-  then is reported by rank, with the line of the learner's code where it was (a faulthandler
-  dump written by the rank itself), and the pool is killed and restarted on next use;
+  then is reported by rank, with the line of the learner's code where it was (sent SIGUSR1,
+  the rank writes its stack to its log with faulthandler), and the pool is killed and
+  restarted on next use; after one rank failed, the others get GRACE_S more seconds;
 - a rank that raises is reported with its exception and the learner's lines it went through;
   a rank that calls an unimplemented stub function becomes the usual one-line TODO.
 
