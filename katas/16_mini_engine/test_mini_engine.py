@@ -378,13 +378,16 @@ class TestTask3Engine:
         assert engine.num_free_blocks == 12, f"all done: the 12 blocks are free again, got {engine.num_free_blocks}"
 
     def test_per_request_sampling_params(self, tiny_dir: Any, tokenizer: Any, oracle: Any) -> None:
-        """Greedy, top_k=1 and sampled requests in one batch: each row uses its own
-        parameters. A seeded request gives the same tokens alone and in a crowd."""
-        prompts = {i: rand_ids(n, 400 + i) for i, n in enumerate((6, 10, 8, 12, 7))}
+        """Greedy, top_k=1, repetition-penalised and sampled requests in one batch: each row
+        uses its own parameters. A seeded request gives the same tokens alone and in a crowd.
+        (False failure: a request at temperature 1.5-2 that happens to draw the greedy
+        tokens 3 times in a row, each ~0.03 likely on this model: below 1e-4.)"""
+        prompts = {i: rand_ids(n, 400 + i) for i, n in enumerate((6, 10, 8, 12, 7, 9, 11))}
         params = {0: greedy(10), 1: m.SamplingParams(max_tokens=10, temperature=1.5, seed=7, ignore_eos=True),
                   2: m.SamplingParams(max_tokens=10, temperature=0.9, top_k=1, ignore_eos=True),
                   3: m.SamplingParams(max_tokens=10, temperature=2.0, top_p=0.9, seed=11, ignore_eos=True),
-                  4: greedy(10)}
+                  4: greedy(10), 5: greedy(10, repetition_penalty=1.5),
+                  6: m.SamplingParams(max_tokens=10, temperature=2.0, ignore_eos=True)}
         engine = make_engine(tiny_dir, tokenizer)
         for i in prompts:
             engine.add_request(i, prompts[i], params[i])
@@ -392,6 +395,16 @@ class TestTask3Engine:
         for i in (0, 2, 4):
             oracle.check_greedy(results[i].tokens, prompts[i], n=10,
                                 what=f"request {i} ({params[i]}) beside sampled requests")
+        penalised, seen = [], list(prompts[5])
+        for _ in range(10):  # kata 02's rule: seen tokens' logits divided (> 0) or multiplied (< 0) by 1.5
+            lg = oracle.logits(prompts[5] + penalised).clone()
+            idx = torch.tensor(sorted(set(seen)))
+            lg[idx] = torch.where(lg[idx] > 0, lg[idx] / 1.5, lg[idx] * 1.5)
+            penalised.append(int(lg.argmax()))
+            seen.append(penalised[-1])
+        assert results[5].tokens == penalised, (
+            f"request 5, greedy with repetition_penalty=1.5 over prompt and output: expected "
+            f"{penalised}, got {results[5].tokens}")
         for i in (1, 3):
             alone = make_engine(tiny_dir, tokenizer)
             alone.add_request("x", prompts[i], params[i])
@@ -399,7 +412,13 @@ class TestTask3Engine:
             assert results[i].tokens == solo, (
                 f"request {i} ({params[i]}): a seeded request must draw from its own generator, so "
                 f"its tokens do not depend on its neighbours; alone {solo}, in a batch {results[i].tokens}")
-            assert solo != oracle.greedy(prompts[i], 10), f"request {i} sampled at temperature {params[i].temperature} gave the greedy output"
+        for i in (1, 3, 6):
+            g = oracle.greedy(prompts[i], 10)
+            same = next((k for k in range(10) if results[i].tokens[k] != g[k]), 10)
+            assert same < 3, (
+                f"request {i} sampled at temperature {params[i].temperature} gave the greedy output's "
+                f"first {same} tokens (each has probability ~0.03 at this temperature): are its own "
+                f"parameters used? got {results[i].tokens}, greedy {g}")
 
     def test_abort_frees_the_blocks_at_once(self, tiny_dir: Any, tokenizer: Any, oracle: Any) -> None:
         engine = make_engine(tiny_dir, tokenizer, num_cache_blocks=0)
