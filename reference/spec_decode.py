@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 from torch import Tensor
 
 # model(tokens) -> (len(tokens), V): row i is the next-token distribution after tokens[: i + 1]
@@ -152,14 +153,17 @@ def _use_triton(*ts: Tensor) -> bool:
 
 
 @triton.jit
-def _race(p_row, q_row, stride_pv, stride_qv, cols, V, V_q, u):
+def _race(p_row, q_row, stride_pv, stride_qv, cols, V, V_q, u, FAST_LOG: tl.constexpr):
     """Race keys of one block: r / E where r = max(0, p - q) > 0; where r is 0 (only when
     rounding left no residual at all) -E / p, a race over p that loses to any r > 0.
     V_q is V, or 0 for the bonus row (no q to subtract)."""
     p = tl.load(p_row + cols * stride_pv, mask=cols < V, other=0.0).to(tl.float32)
     q = tl.load(q_row + cols * stride_qv, mask=cols < V_q, other=0.0).to(tl.float32)
     r = tl.maximum(p - q, 0.0)
-    e = -tl.log2(u)  # Exp(1) / ln 2: one scale for all tokens leaves the argmax unchanged
+    if FAST_LOG:  # lg2.approx on a GPU; the interpreter knows only tl.log2
+        e = -libdevice.fast_log2f(u)  # Exp(1) / ln 2: one scale for all tokens, same argmax
+    else:
+        e = -tl.log2(u)
     return tl.where(r > 0, r / e, tl.where(p > 0, -e / p, float("-inf")))
 
 
@@ -167,7 +171,7 @@ def _race(p_row, q_row, stride_pv, stride_qv, cols, V, V_q, u):
 def _accept_and_race_kernel(p_ptr, q_ptr, tok_ptr, seed_ptr, key_out, idx_out, nacc_out,
                             V, k, chunk, n_chunks,
                             s_pb, s_pk, s_pv, s_qb, s_qk, s_qv, s_tb, s_tk,
-                            K_PAD: tl.constexpr, SUB: tl.constexpr):
+                            K_PAD: tl.constexpr, SUB: tl.constexpr, FAST_LOG: tl.constexpr):
     """Program (b, c): the acceptance of row b (every program of the row computes the same),
     then the race over columns [c * chunk, (c + 1) * chunk) of the one row it needs."""
     b = tl.program_id(0).to(tl.int64)
@@ -194,16 +198,16 @@ def _accept_and_race_kernel(p_ptr, q_ptr, tok_ptr, seed_ptr, key_out, idx_out, n
     for off in range(0, chunk, 4 * SUB):
         cols = start + off + t
         u0, u1, u2, u3 = tl.rand4x(seed, (b * n_chunks + c) * (chunk // 4) + off // 4 + t)
-        key = _race(p_row, q_row, s_pv, s_qv, cols, V, V_q, u0)
+        key = _race(p_row, q_row, s_pv, s_qv, cols, V, V_q, u0, FAST_LOG)
         best_col = tl.where(key > best, cols, best_col)
         best = tl.maximum(best, key)
-        key = _race(p_row, q_row, s_pv, s_qv, cols + SUB, V, V_q, u1)
+        key = _race(p_row, q_row, s_pv, s_qv, cols + SUB, V, V_q, u1, FAST_LOG)
         best_col = tl.where(key > best, cols + SUB, best_col)
         best = tl.maximum(best, key)
-        key = _race(p_row, q_row, s_pv, s_qv, cols + 2 * SUB, V, V_q, u2)
+        key = _race(p_row, q_row, s_pv, s_qv, cols + 2 * SUB, V, V_q, u2, FAST_LOG)
         best_col = tl.where(key > best, cols + 2 * SUB, best_col)
         best = tl.maximum(best, key)
-        key = _race(p_row, q_row, s_pv, s_qv, cols + 3 * SUB, V, V_q, u3)
+        key = _race(p_row, q_row, s_pv, s_qv, cols + 3 * SUB, V, V_q, u3, FAST_LOG)
         best_col = tl.where(key > best, cols + 3 * SUB, best_col)
         best = tl.maximum(best, key)
     win = tl.argmax(best, axis=0)
@@ -256,7 +260,7 @@ def _rejection_sample_triton(draft_tokens: Tensor, draft_probs: Tensor, target_p
     _accept_and_race_kernel[(B, n_chunks)](
         target_probs, q_arg, tok_arg, seed, keys, cols, num_accepted,
         V, k, chunk, n_chunks, *target_probs.stride(), *draft_probs.stride(), *draft_tokens.stride(),
-        K_PAD=max(1, triton.next_power_of_2(k)), SUB=sub)
+        K_PAD=max(1, triton.next_power_of_2(k)), SUB=sub, FAST_LOG=dev.type == "cuda")
     _emit_kernel[(B,)](tok_arg, keys, cols, num_accepted, tokens, n_chunks, k,
                        *draft_tokens.stride(), C_PAD=triton.next_power_of_2(n_chunks),
                        K1_PAD=triton.next_power_of_2(k + 1))
