@@ -376,6 +376,8 @@ def moe_forward_triton(x: torch.Tensor, router_weight: torch.Tensor, w_gate: tor
     logits = x @ router_weight.t()  # (T, E) in x's dtype, as transformers computes them
     n_rows = T * top_k
     block_m, (bn1, bk1, w1, s1), (bn2, bk2, w2, s2) = _config(n_rows / E)
+    if x.element_size() == 4 and not _interpreting():  # float32 tiles: half the K block fits in shared memory
+        bk1, bk2 = bk1 // 2, bk2 // 2
     # sum_e ceil(c_e / BLOCK_M) <= ceil(n_rows / BLOCK_M) + E, and never more than n_rows.
     num_tiles = max(1, min(triton.cdiv(n_rows, block_m) + E, n_rows))
     weights = torch.empty(n_rows, dtype=torch.float32, device=dev)

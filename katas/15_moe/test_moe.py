@@ -50,11 +50,17 @@ def dname(dtype: torch.dtype) -> str:
 
 
 # ------------------------------------------------------------------ independent float64 math
-def expected_route(logits: torch.Tensor, top_k: int, renormalize: bool = True):
-    """(weights float64, experts long) by sorting each row's logits, ties lower id first."""
+def expected_route(logits: torch.Tensor, top_k: int, renormalize: bool = True, ties_high: bool = False):
+    """(weights float64, experts long) by sorting each row's logits, ties lower id first
+    (ties_high: the higher id first, the wrong rule, for diagnosing a failure)."""
     l64 = logits.detach().cpu().double()
     # Sort by (-logit, id): a stable sort on -logit keeps ids ascending among equal logits.
-    _, experts = torch.sort(-l64, dim=-1, stable=True)
+    if ties_high:
+        E = l64.shape[1]
+        _, flipped = torch.sort(-l64.flip(-1), dim=-1, stable=True)
+        experts = E - 1 - flipped
+    else:
+        _, experts = torch.sort(-l64, dim=-1, stable=True)
     experts = experts[:, :top_k]
     probs = torch.softmax(l64, dim=-1)
     weights = probs.gather(1, experts)
@@ -92,10 +98,10 @@ def expert_outputs64(x, w_gate, w_up, w_down) -> torch.Tensor:
     return torch.einsum("etf,edf->etd", F.silu(g) * u, w_down.detach().double()).cpu()
 
 
-def expected_moe(x, router_weight, w_gate, w_up, w_down, top_k):
+def expected_moe(x, router_weight, w_gate, w_up, w_down, top_k, ties_high: bool = False):
     """(out float64 (T, d), logits): the block in float64 from torch's logits in x's dtype."""
     logits = x @ router_weight.t()
-    weights, experts = expected_route(logits, top_k)
+    weights, experts = expected_route(logits, top_k, ties_high=ties_high)
     ys = expert_outputs64(x, w_gate, w_up, w_down)  # (E, T, d)
     T = x.shape[0]
     picked = ys[experts, torch.arange(T)[:, None]]  # (T, top_k, d)
@@ -137,6 +143,25 @@ def check_forward(fn, args, top_k, what: str, inputs: dict, hint: str = "") -> N
     assert_close(out.detach().cpu()[keep], expected[keep].to(x.dtype), what=what, inputs=inputs,
                  atol=atol, rtol=rtol,  # see FORWARD_TOL
                  hint=(hint + (f" ({left_out} token(s) with a near tie left out)" if left_out else "")))
+
+
+def check_ties(fn, args, top_k, what: str, inputs: dict) -> None:
+    """fn on tie_block's inputs: the lower id must win; the hint says whether the output is
+    that of the higher id winning (a tie bug) or of neither (another bug: see the other checks)."""
+    out = fn(*args, top_k)
+    expected, _ = expected_moe(*args, top_k)
+    wrong, _ = expected_moe(*args, top_k, ties_high=True)
+    atol, rtol = FORWARD_TOL[args[0].dtype]
+    got = out.detach().cpu().double() if isinstance(out, torch.Tensor) else None
+    if got is not None and got.shape == wrong.shape and bool(
+            ((got - wrong).abs() <= atol + rtol * wrong.abs()).all()):
+        hint = ("your output is that of expert 2 winning the tie for the second place: among "
+                "equal logits the lower expert id (1) comes first")
+    else:
+        hint = ("experts 1 and 2 tie for the second place and the lower id (1) must win; your "
+                "output is not that of expert 2 winning either, so look for another bug first "
+                "(the checks of random inputs below name it better)")
+    check_forward(lambda *a: out, args, top_k, what, inputs, hint=hint)
 
 
 def tie_block(T: int, d: int, d_ff: int, E: int, dtype=torch.float32, device="cpu", seed=5):
@@ -619,9 +644,8 @@ class TestTask5Forward:
     def test_ties_go_to_the_lower_expert(self):
         x, rw, wg, wu, wd = tie_block(6, 8, 8, 4)
         logits = x @ rw.t()
-        check_forward(m.moe_forward, (x, rw, wg, wu, wd), 2, "moe_forward with tied logits",
-                      dict(T=6, E=4, top_k=2, logits=logits[0].tolist()),
-                      hint="experts 1 and 2 tie for the second place: the lower id (1) wins")
+        check_ties(m.moe_forward, (x, rw, wg, wu, wd), 2, "moe_forward with tied logits",
+                   dict(T=6, E=4, top_k=2, logits_of_token_0=logits[0].tolist()))
 
     @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
     @pytest.mark.parametrize("seed", [0, 1])
@@ -697,9 +721,8 @@ class TestTask6Triton:
 
     def test_ties_go_to_the_lower_expert(self):
         x, rw, wg, wu, wd = tie_block(6, 16, 16, 4, device=DEVICE)
-        check_forward(m.moe_forward_triton, (x, rw, wg, wu, wd), 2,
-                      "moe_forward_triton with tied logits", dict(T=6, E=4, top_k=2),
-                      hint="experts 1 and 2 tie for the second place: the lower id (1) wins, as in route")
+        check_ties(m.moe_forward_triton, (x, rw, wg, wu, wd), 2,
+                   "moe_forward_triton with tied logits", dict(T=6, E=4, top_k=2))
 
     def test_one_expert_takes_most_tokens(self):
         """Every token's first choice is expert 0: its rows span several row tiles."""
