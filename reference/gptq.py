@@ -38,7 +38,7 @@ def dequantize(q: QuantizedLinear) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ helpers
 def _check_args(w: torch.Tensor, bits: int, group_size: int) -> int:
-    """Validate; return the number of columns per group."""
+    """Validate; return the number of columns per group (the last group may be shorter)."""
     if w.dim() != 2:
         raise ValueError(f"w must be (out, in), got shape {tuple(w.shape)}")
     if not isinstance(bits, int) or not 2 <= bits <= 8:
@@ -46,9 +46,9 @@ def _check_args(w: torch.Tensor, bits: int, group_size: int) -> int:
     n = w.shape[1]
     if group_size == -1:
         return n
-    if not isinstance(group_size, int) or group_size <= 0 or n % group_size != 0:
-        raise ValueError(f"group_size must be -1 or a positive divisor of in={n}, got {group_size!r}")
-    return group_size
+    if not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size must be -1 or a positive int, got {group_size!r}")
+    return min(group_size, n)
 
 
 def _grid(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,11 +83,14 @@ def quantize_rtn(w: torch.Tensor, *, bits: int = 4, group_size: int = 128, sym: 
     gs = _check_args(w, bits, group_size)
     out, n = w.shape
     maxq = 2**bits - 1
-    groups = w.detach().to(torch.float32).reshape(out, n // gs, gs)
+    n_groups = -(-n // gs)
+    # Zero-pad a short last group: every grid's range includes 0 anyway, so nothing changes.
+    padded = torch.nn.functional.pad(w.detach().to(torch.float32), (0, n_groups * gs - n))
+    groups = padded.reshape(out, n_groups, gs)
     scales, zeros = _grid(groups.transpose(0, 1).reshape(-1, gs), bits, sym)  # (n_groups * out,)
-    scales = scales.reshape(n // gs, out).T.contiguous()
-    zeros = zeros.reshape(n // gs, out).T.contiguous()
-    codes = _round(groups, scales[:, :, None], zeros[:, :, None], maxq).reshape(out, n)
+    scales = scales.reshape(n_groups, out).T.contiguous()
+    zeros = zeros.reshape(n_groups, out).T.contiguous()
+    codes = _round(groups, scales[:, :, None], zeros[:, :, None], maxq).reshape(out, -1)[:, :n]
     g_idx = torch.arange(n, device=w.device) // gs
     return QuantizedLinear(codes.to(torch.uint8), scales, zeros, g_idx, bits, group_size, None)
 
@@ -142,7 +145,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     Q = torch.empty_like(W)
-    scales = torch.empty(out, n // gs, dtype=torch.float32, device=W.device)
+    scales = torch.empty(out, -(-n // gs), dtype=torch.float32, device=W.device)
     zeros = torch.empty_like(scales)
     scale = zero = None
     for i1 in range(0, n, block_size):

@@ -36,8 +36,9 @@ def dequantize(q: QuantizedLinear) -> torch.Tensor:
 def quantize_rtn(w: torch.Tensor, *, bits: int = 4, group_size: int = 128, sym: bool = False) -> QuantizedLinear:
     """Round-to-nearest baseline: each group's min-max grid, every weight to its nearest code.
 
-    group_size=-1: one group per row. ValueError when group_size does not divide in, or
-    bits is not in 2..8. Task 1.
+    group_size=-1: one group per row; when group_size does not divide in, the last group is
+    shorter. ValueError when group_size is neither -1 nor positive, or bits is not in 2..8.
+    Task 1.
     """
     raise NotImplementedError("Task 1: round-to-nearest on each group's min-max grid")
 

