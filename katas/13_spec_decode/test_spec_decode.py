@@ -600,7 +600,7 @@ class TestTask3ExactDistribution:
         x, qq, pp = batch_of(p, q, rows, g)
         qq = qq.permute(2, 0, 1).contiguous().permute(1, 2, 0)
         pp = pp.permute(2, 1, 0).contiguous().permute(2, 1, 0)
-        assert not qq.is_contiguous() and not pp.is_contiguous()
+        assert not qq.is_contiguous() and not pp.is_contiguous(), "test setup: the views must be non-contiguous"
         tokens, n = m.rejection_sample(x, qq, pp, generator=torch.Generator().manual_seed(24))
         check_format(tokens, n, x, V, what="rejection_sample on non-contiguous probabilities")
         check_counts(row_counts(tokens, n), exact_rows(p, q), rows,
