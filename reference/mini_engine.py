@@ -112,6 +112,14 @@ class PagedLlama:
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        self._graphs: _DecodeGraphs | None = None
+
+    def enable_cuda_graphs(self, max_batch: int, max_len: int) -> None:
+        """Capture decode-only steps of up to max_batch sequences of up to max_len tokens in
+        CUDA graphs (Task 6); forward() replays them for batches of single tokens."""
+        if self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self._graphs = _DecodeGraphs(self, max_batch, max_len)
 
     def _attention(self, layer: int, q: Tensor, batch: Batch, plan: dict[str, Any]) -> Tensor:
         """(N, Hq, D): every token attends to its sequence's cached tokens up to itself."""
@@ -155,6 +163,13 @@ class PagedLlama:
     @torch.inference_mode()
     def forward(self, batch: Batch) -> Tensor:
         """(B, vocab) float32: the logits after the last token of each sequence."""
+        if self._graphs is not None and max(batch.query_lens) == 1:
+            out = self._graphs.run(batch)
+            if out is not None:
+                return out
+        return self._forward_eager(batch)
+
+    def _forward_eager(self, batch: Batch) -> Tensor:
         c = self.config
         T = kata("transformer")
         N = batch.input_ids.shape[0]
@@ -178,6 +193,134 @@ class PagedLlama:
         last = torch.tensor(batch.query_lens, device=self.device).cumsum(0) - 1
         h = T.rms_norm(x[last], self.norm, c.rms_norm_eps)
         return (h @ self.lm_head.T).float()
+
+
+class _DecodeGraphs:
+    """Task 6: decode steps (one token per sequence) captured in CUDA graphs.
+
+    A graph replays a fixed sequence of kernels on fixed addresses, so everything it reads
+    lives in static buffers: token ids, positions, slots, context lengths and a block table
+    as wide as the context, for the largest batch; a batch of B runs the graph captured for
+    the smallest size >= B, its extra rows padded (context 0: paged attention gives zeros;
+    slot: a scratch block no sequence owns). Inside the graph nothing may wait for the GPU
+    or change shape: RoPE reads a cos/sin table made on the GPU (kata 06's rope builds its
+    frequencies on the CPU), K/V are written with index_copy_ (kata 08's write_kv skips
+    padding with a boolean mask, which synchronises), and kata 08's paged_attention_triton
+    picks its splits from shapes alone. Checked against the eager path once after capture.
+    """
+
+    SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+    def __init__(self, model: PagedLlama, max_batch: int, max_len: int) -> None:
+        c, dev, bs = model.config, model.device, model.block_size
+        self.model = model
+        # one scratch block beyond the pool: padding rows write there
+        self.scratch = model.num_blocks * bs
+        for caches in (model.k_cache, model.v_cache):
+            for i, t in enumerate(caches):
+                caches[i] = torch.cat([t, torch.zeros_like(t[:1])])
+        inv = c.rope_theta ** (-torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim)
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv
+        self.cos = angles.cos().to(torch.float32).to(dev)
+        self.sin = angles.sin().to(torch.float32).to(dev)
+        self.sizes = [n for n in self.SIZES if n < max_batch] + [max_batch]
+        P, W = self.sizes[-1], -(-max_len // bs)
+        self.ids = torch.zeros(P, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(P, dtype=torch.long, device=dev)
+        self.slots = torch.full((P,), self.scratch, dtype=torch.long, device=dev)
+        self.ctx = torch.zeros(P, dtype=torch.int32, device=dev)
+        self.tables = torch.zeros(P, W, dtype=torch.int32, device=dev)
+        self.graphs: dict[int, Any] = {}
+        self.outs: dict[int, Tensor] = {}
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for n in reversed(self.sizes):  # largest first: the smaller ones reuse its memory
+                for _ in range(2):  # warm-up: Triton compiles and autotunes outside the capture
+                    self._step(n)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self.outs[n] = self._step(n)
+                self.graphs[n] = graph
+        torch.cuda.current_stream().wait_stream(stream)
+        self._check()
+
+    def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """kata 06's rotation, (n, H, D) with (n, D/2) tables, computed in float32."""
+        half = x.shape[-1] // 2
+        xf = x.float()
+        x1, x2 = xf[..., :half], xf[..., half:]
+        cos, sin = cos[:, None], sin[:, None]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+    def _step(self, n: int) -> Tensor:
+        m, c = self.model, self.model.config
+        T, paged = kata("transformer"), kata("paged_attention")
+        Hq, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
+        ids, pos, slots, ctx, tables = (self.ids[:n], self.pos[:n], self.slots[:n], self.ctx[:n],
+                                        self.tables[:n])
+        cos, sin = self.cos[pos], self.sin[pos]
+        x = m.embed[ids]
+        for i, layer in enumerate(m.layers):
+            h = T.rms_norm(x, layer["in_norm"], c.rms_norm_eps)
+            q, k, v = (h @ layer["qkv"].T).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+            q = self._rope(q.view(n, Hq, D), cos, sin)
+            k = self._rope(k.view(n, Hkv, D), cos, sin)
+            m.k_cache[i].view(-1, Hkv, D).index_copy_(0, slots, k.to(m.k_cache[i].dtype))
+            m.v_cache[i].view(-1, Hkv, D).index_copy_(0, slots, v.reshape(n, Hkv, D).to(m.v_cache[i].dtype))
+            attn = paged.paged_attention_triton(q, m.k_cache[i], m.v_cache[i], tables, ctx)
+            x = x + attn.reshape(n, Hq * D) @ layer["o"].T
+            h = T.rms_norm(x, layer["post_norm"], c.rms_norm_eps)
+            gate, up = (h @ layer["gate_up"].T).chunk(2, dim=-1)
+            x = x + (torch.nn.functional.silu(gate) * up) @ layer["down"].T
+        return (T.rms_norm(x, m.norm, c.rms_norm_eps) @ m.lm_head.T).float()
+
+    def run(self, batch: Batch) -> Tensor | None:
+        """Replay the graph for this decode batch (None: too large or too wide a table)."""
+        B, width = len(batch.query_lens), batch.block_tables.shape[1]
+        if B > self.sizes[-1] or width > self.tables.shape[1]:
+            return None
+        n = next(size for size in self.sizes if size >= B)
+        self.ids[:B].copy_(batch.input_ids)
+        self.pos[:B].copy_(batch.positions)
+        self.slots[:B].copy_(batch.slot_mapping)
+        self.ctx[:B].copy_(batch.context_lens)
+        self.tables[:B, :width].copy_(batch.block_tables)
+        if n > B:  # padding rows: nothing to read, a scratch slot to write
+            self.ctx[B:n].zero_()
+            self.slots[B:n].fill_(self.scratch)
+            self.pos[B:n].zero_()
+        self.graphs[n].replay()
+        return self.outs[n][:B]
+
+    def _check(self) -> None:
+        """The graphed decode step must give the eager path's logits (blocks 0.. of the
+        still empty pool serve as two short sequences)."""
+        m = self.model
+        bs, dev = m.block_size, m.device
+        lens = [3, bs + 2]  # tokens after the decode step; all but the last are prefilled first
+        tables = torch.tensor([[0, 0], [1, 2]], dtype=torch.int32, device=dev)
+        ids, pos, slots = [], [], []
+        for b, n in enumerate(lens):
+            for p in range(n - 1):
+                ids.append(5 + p)
+                pos.append(p)
+                slots.append(int(tables[b, p // bs]) * bs + p % bs)
+        m._forward_eager(Batch(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
+                               torch.tensor(slots, device=dev), [n - 1 for n in lens],
+                               torch.tensor([n - 1 for n in lens], dtype=torch.int32, device=dev),
+                               tables))
+        last = [n - 1 for n in lens]
+        batch = Batch(torch.tensor([7, 9], device=dev), torch.tensor(last, device=dev),
+                      torch.tensor([int(tables[b, p // bs]) * bs + p % bs for b, p in enumerate(last)], device=dev),
+                      [1, 1], torch.tensor(lens, dtype=torch.int32, device=dev), tables)
+        graphed = self.run(batch).clone()
+        eager = m._forward_eager(batch)
+        tol = 1e-3 if m.dtype == torch.float32 else 0.1
+        err = (graphed - eager).abs().max().item()
+        if not err <= tol * max(1.0, eager.abs().max().item()):
+            raise RuntimeError(f"CUDA-graph decode disagrees with the eager path: max |diff| {err:.3g}")
 
 
 # -- Task 2: KV blocks and the prefix cache -------------------------------------------------
@@ -373,13 +516,14 @@ class Engine:
         self.scheduler = kata("scheduler").Scheduler(
             max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
             num_blocks=cfg.num_blocks, block_size=cfg.block_size)
+        if cfg.cuda_graphs:
+            self.model.enable_cuda_graphs(cfg.max_num_seqs, self.max_model_len)
         self.requests: dict[Hashable, _Request] = {}
         self.generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
         eos = set(self.model.config.eos_token_ids)
         if getattr(self.tokenizer, "eos_token_id", None) is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = eos
-        self._graphs: dict[int, Any] = {}
 
     # -- the interface harness/serve.py uses ----------------------------------------------
     @property
@@ -505,9 +649,14 @@ class Engine:
             prev = torch.tensor([s + [-1] * (width - len(s)) for s in seen], device=dev)
             logits = S.apply_repetition_penalty(logits, prev, torch.tensor(penalties, device=dev))
         out = [0] * len(reqs)
-        shared = [i for i, r in enumerate(reqs) if r.generator is None]
-        groups = [(shared, self.generator)] + [([i], r.generator) for i, r in enumerate(reqs)
-                                                 if r.generator is not None]
+        greedy = [i for i, r in enumerate(reqs) if r.params.temperature == 0]
+        if greedy:  # the fast path: an argmax needs no probabilities (kata 02's rule for T = 0)
+            for i, t in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
+                out[i] = t
+        sampled = [i for i, r in enumerate(reqs) if r.params.temperature != 0]
+        shared = [i for i in sampled if reqs[i].generator is None]
+        groups = [(shared, self.generator)] + [([i], reqs[i].generator) for i in sampled
+                                                 if reqs[i].generator is not None]
         for rows, gen in groups:
             if not rows:
                 continue
