@@ -55,8 +55,13 @@ def preload() -> None:
             os.environ.setdefault("TRITON_INTERPRET", "1")
     except ImportError:  # pragma: no cover
         pass
+    # transformers is the oracle of katas 06, 15 and 16: ~5 s to import, once here instead of
+    # in every session. Its tokenizers must not start threads before a fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("numpy", "hypothesis", "hypothesis.strategies", "pytest", "triton",
-                 "triton.language", "triton.runtime.interpreter", "safetensors"):
+                 "triton.language", "triton.runtime.interpreter", "safetensors",
+                 "transformers", "transformers.models.llama.modeling_llama",
+                 "transformers.models.mixtral.modeling_mixtral"):
         try:
             __import__(name)
         except ImportError:
