@@ -1,4 +1,4 @@
-"""Kata 16's shared fixtures: the tiny test model, its tokenizer and its float64 oracle."""
+"""Kata 16's shared fixtures: the tiny test model, its tokenizer and its float64 oracles."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +23,9 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.build_tiny_model(tmp_path_factory.mktemp("kata16_tiny"))
+def tiny_dir() -> Path:
+    """Seeded random tiny LLaMA + tokenizer, built with transformers once into .kata_models/."""
+    return tiny.ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")
@@ -36,4 +37,11 @@ def tokenizer(tiny_dir: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def oracle(tiny_dir: Path) -> Any:
+    """The tiny LLaMA in float64 torch (tiny.TorchOracle)."""
+    return tiny.TorchOracle(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_oracle(tiny_dir: Path) -> Any:
+    """transformers' LlamaForCausalLM on the same folder, float64."""
     return tiny.Oracle(tiny_dir)

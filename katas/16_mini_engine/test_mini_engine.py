@@ -474,6 +474,27 @@ class TestTask3Engine:
             f"{expected[:stop_at + 1]}, got {results['eos'].tokens} ({results['eos'].last.finish_reason!r})")
         assert results["ignore"].tokens == expected, f"ignore_eos=True runs to max_tokens: {results['ignore'].tokens}"
 
+    def test_equals_transformers_generate(self, tiny_dir: Any, tokenizer: Any, oracle: Any, hf_oracle: Any) -> None:
+        """The engine's greedy outputs against transformers' generate (float32, one prompt at a
+        time), and the float64 oracle of these checks against transformers' float64 logits."""
+        from transformers import LlamaForCausalLM
+
+        hf = LlamaForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).eval()
+        prompts = {i: rand_ids(n, 650 + i) for i, n in enumerate((6, 17, 11))}
+        engine = make_engine(tiny_dir, tokenizer)
+        for i, p in prompts.items():
+            engine.add_request(i, p, greedy(14))
+        results = run(engine)
+        for i, p in prompts.items():
+            # transformers builds RoPE's cos/sin in float32 even for a float64 model: ~2e-6 apart
+            assert_close(oracle.logits_all(p), hf_oracle.logits_all(p), atol=2e-5, rtol=0,
+                         what=f"the checks' own float64 oracle against transformers' (prompt {i})")
+            with torch.no_grad():
+                out = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                  max_new_tokens=14, min_new_tokens=14, do_sample=False, pad_token_id=0)
+            theirs = out[0, len(p):].tolist()
+            oracle.check_agree(results[i].tokens, theirs, p, what=f"request {i} against transformers' generate")
+
     def test_prefix_cache_hits_give_the_same_output(self, tiny_dir: Any, tokenizer: Any, oracle: Any) -> None:
         """A shared 'system prompt': later requests reuse its cached blocks, and the
         cache churns (8 blocks for many requests) while others hold hits."""
