@@ -601,7 +601,7 @@ def job_linear(ctx: Ctx, kind: str, cases: list[dict]) -> list[dict]:
         layer = _build(ctx, kind, case)
         w0, b0, x0 = w.clone(), None if b is None else b.clone(), x.clone()
         layer.load_full_weight(w, b)
-        rec = recording(ctx.m)
+        rec = recording(ctx.m, count_ring=True)  # a row layer may reduce with the module's own ring
         with rec, torch.no_grad():
             y = layer(x)
         out.append({"weight": _cpu(getattr(layer, "weight", None)),
