@@ -624,7 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     num_blocks = args.num_blocks or (4096 if args.device.startswith("cuda") else 1024)
     cache_blocks = num_blocks // 4 if args.num_cache_blocks is None else args.num_cache_blocks
-    print("kata serve: modules:", *compose.describe(), f"kata 16 mini_engine: {compose.source_of('mini_engine')}",
+    engine_path = compose.source_of("mini_engine")
+    if engine_path.is_relative_to(compose.ROOT):
+        engine_path = engine_path.relative_to(compose.ROOT)
+    print("kata serve: modules:", *compose.describe(), f"kata 16 mini_engine: {engine_path}",
           sep="\n  ", flush=True)
     me = compose.kata("mini_engine")
     try:
@@ -633,8 +636,7 @@ def main(argv: list[str] | None = None) -> int:
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             dtype=dtype, device=args.device, cuda_graphs=args.cuda_graphs))
     except (NotImplementedError, compose.KataNotDone) as exc:
-        print(f"kata serve: the engine is not ready: {exc}\n(finish kata 16's tasks, or serve ours "
-              "with --use-ref 16)", file=sys.stderr)
+        print(f"kata serve: the engine is not ready: {exc}", file=sys.stderr)
         return 1
     runner = EngineRunner(engine).start()
     app = create_app(runner, model_name=name, engine_module=me,

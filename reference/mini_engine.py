@@ -136,7 +136,8 @@ class PagedLlama:
             v = vc.view(-1, c.num_kv_heads, c.head_dim)[slots].transpose(0, 1)[None]
             qs = q[start:start + n].transpose(0, 1)[None]  # (1, Hq, n, D)
             if self.attention_backend == "triton" and q.dtype in (torch.float16, torch.bfloat16):
-                o, _ = kata("flash_attention").flash_attention(qs, k, v, causal=True)
+                o, _ = kata("flash_attention").flash_attention(qs.contiguous(), k.contiguous(),
+                                                               v.contiguous(), causal=True)
             else:
                 o = kata("attention").attention(qs, k, v, causal=True)
             out[start:start + n] = o[0].transpose(0, 1)
