@@ -167,8 +167,9 @@ CONTRACT = ROOT / "docs" / "CONTRACT.md"
 
 def _contract_section(module: str) -> str:
     text = CONTRACT.read_text()
-    start = text.find(f"\n### {module}\n")
-    assert start >= 0, f"docs/CONTRACT.md has no '### {module}' section"
+    found = re.search(rf"\n### {module}( \(.*\))?\n", text)  # e.g. '### mini_engine (the capstone)'
+    assert found, f"docs/CONTRACT.md has no '### {module}' section"
+    start = found.start()
     end = text.find("\n### ", start + 1)
     return text[start: end if end > 0 else None]
 
