@@ -300,8 +300,9 @@ class _DecodeGraphs:
         still empty pool serve as two short sequences)."""
         m = self.model
         bs, dev = m.block_size, m.device
-        lens = [3, bs + 2]  # tokens after the decode step; all but the last are prefilled first
-        tables = torch.tensor([[0, 0], [1, 2]], dtype=torch.int32, device=dev)
+        k = min(2, self.sizes[-1])  # a graph set for one sequence checks one
+        lens = [3, bs + 2][-k:]  # tokens after the decode step; all but the last are prefilled first
+        tables = torch.tensor([[0, 0], [1, 2]][-k:], dtype=torch.int32, device=dev)
         ids, pos, slots = [], [], []
         for b, n in enumerate(lens):
             for p in range(n - 1):
@@ -313,9 +314,9 @@ class _DecodeGraphs:
                                torch.tensor([n - 1 for n in lens], dtype=torch.int32, device=dev),
                                tables))
         last = [n - 1 for n in lens]
-        batch = Batch(torch.tensor([7, 9], device=dev), torch.tensor(last, device=dev),
+        batch = Batch(torch.tensor([7, 9][-k:], device=dev), torch.tensor(last, device=dev),
                       torch.tensor([int(tables[b, p // bs]) * bs + p % bs for b, p in enumerate(last)], device=dev),
-                      [1, 1], torch.tensor(lens, dtype=torch.int32, device=dev), tables)
+                      [1] * k, torch.tensor(lens, dtype=torch.int32, device=dev), tables)
         graphed = self.run(batch).clone()
         eager = m._forward_eager(batch)
         tol = 1e-3 if m.dtype == torch.float32 else 0.1
