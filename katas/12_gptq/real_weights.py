@@ -243,4 +243,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        code = main()
+    except BaseException as exc:  # a stub raises the harness's KataTodo (a BaseException)
+        if not (isinstance(exc, NotImplementedError) or type(exc).__name__ == "KataTodo"):
+            raise
+        print(f"real_weights.py needs Tasks 1-6 of kata 12 first: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
