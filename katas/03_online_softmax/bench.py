@@ -12,7 +12,6 @@ this run. Rows: max(8192, 2^25 / n) per case, as in test_perf.py.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -37,21 +36,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", default="reference", help="stubs, reference (default) or a folder")
     args = parser.parse_args()
-    os.environ["KATA_IMPL"] = args.impl
+    from harness.bench import open_bench
 
+    opened = open_bench("online_softmax", args.impl)
+    if opened is None:
+        return 1
+    m, peaks = opened
     import torch
 
-    if not torch.cuda.is_available():
-        print("bench.py needs a CUDA GPU (none found).")
-        return 1
-    from harness import load_kata_module
-    from harness.perf import cuda_median_ms, measure_device_peaks
+    from harness.perf import cuda_median_ms
 
-    m = load_kata_module("online_softmax")
-    peaks = measure_device_peaks()
     copy = peaks.copy_bytes_per_s
-    print(f"GPU: {peaks.name}")
-    print(f"copy bandwidth (measured now, read + write): {copy / 1e12:.2f} TB/s")
     print(f"implementation: {args.impl}\n")
     head = (f"| {'case':<16} | {'ms':>8} | {'TB/s':>6} | {'of copy':>7} | {'torch ms':>8} | "
             f"{'torch TB/s':>10} | {'speedup':>7} | {'same-size copy':>14} | autotune choice")

@@ -14,7 +14,6 @@ output. "of copy" = those bytes per second over the copy bandwidth measured in t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,23 +29,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="8192 x 8192 only, M = 1 and 16")
     parser.add_argument("--group", type=int, default=128, help="group size (default 128)")
     args = parser.parse_args()
-    os.environ["KATA_IMPL"] = args.impl
+    from harness.bench import open_bench
 
+    opened = open_bench("quantization", args.impl)
+    if opened is None:
+        return 1
+    m, peaks = opened
     import torch
     import torch.nn.functional as F
 
-    if not torch.cuda.is_available():
-        print("bench.py needs a CUDA GPU (none found).")
-        return 1
-    from harness import load_kata_module
-    from harness.perf import cuda_median_ms, measure_device_peaks
+    from harness.perf import cuda_median_ms
 
-    m = load_kata_module("quantization")
-    peaks = measure_device_peaks()
     copy = peaks.copy_bytes_per_s
     g = args.group
-    print(f"GPU: {peaks.name}")
-    print(f"copy bandwidth (measured now, read + write): {copy / 1e12:.2f} TB/s")
     print(f"implementation: {args.impl}, group {g}, bf16 activations\n")
     head = (f"| {'N x K':<12} | {'M':>3} | {'w4a16 ms':>8} | {'TB/s':>5} | {'of copy':>7} | "
             f"{'cuBLAS ms':>9} | {'TB/s':>5} | {'of copy':>7} | {'speedup':>7} | config")

@@ -16,7 +16,6 @@ bandwidth (the step's floor; KV-cache reads only make the step longer).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -33,24 +32,19 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=131072)
     args = parser.parse_args()
-    os.environ["KATA_IMPL"] = args.impl
+    from harness.bench import open_bench
 
-    import torch
-
-    if not torch.cuda.is_available():
-        print("bench.py needs a CUDA GPU (none found).")
+    opened = open_bench("spec_decode", args.impl)
+    if opened is None:
         return 1
-    from harness import load_kata_file, load_kata_module
-    from harness.perf import cuda_median_ms, measure_device_peaks
+    m, peaks = opened
+    from harness import load_kata_file
+    from harness.perf import cuda_median_ms
 
-    m = load_kata_module("spec_decode")
     perf_tests = load_kata_file(HERE / "test_spec_decode_perf.py", "_kata13_perf")
     perf_tests.B, perf_tests.V = args.batch, args.vocab  # make_inputs_for reads these
-    peaks = measure_device_peaks()
     copy = peaks.copy_bytes_per_s
     step_ms = WEIGHT_BYTES_8B / copy * 1e3
-    print(f"GPU: {peaks.name}")
-    print(f"copy bandwidth (measured now, read + write): {copy / 1e12:.2f} TB/s")
     print(f"one 8B decode step (16 GB of bf16 weights at that bandwidth): {step_ms:.2f} ms")
     print(f"implementation: {args.impl}\n")
     head = (f"| {'case':<22} | {'ms':>8} | {'TB/s':>6} | {'of copy':>7} | {'plain torch ms':>14} | "
