@@ -240,7 +240,8 @@ class Device:
 _ORIG = {g.name: g.original for g in _GUARDED}
 
 
-MIN_SPIN_MS = 0.1  # the GPU spin before every timed call, at least (see time_calls)
+MIN_SPIN_MS = 0.1  # the GPU spin before every timed call, at least (see time_calls) ...
+MAX_SPIN_MS = 1.0  # ... and at most: a launch slower than 0.5 ms is the call's own cost
 
 
 class CudaDevice(Device):
@@ -418,10 +419,12 @@ def flush_overhead_ms(device: Device, plan: Plan, spin_ms: float = MIN_SPIN_MS) 
 
 def spin_for(host_ms: list[float]) -> float:
     """The GPU spin before each timed call: twice the call's host-side cost (median of the
-    warm-up calls after the first, which may compile), at least MIN_SPIN_MS, rounded up to
-    0.05 ms so that the flush-only baseline is shared between nearby values."""
+    warm-up calls after the first, which may compile), rounded up to 0.05 ms so that the
+    flush-only baseline is shared between nearby values, within [MIN_SPIN_MS, MAX_SPIN_MS]."""
     steady = host_ms[1:] or host_ms
-    return max(MIN_SPIN_MS, math.ceil(2 * _median(steady) / 0.05) * 0.05) if steady else MIN_SPIN_MS
+    if not steady:
+        return MIN_SPIN_MS
+    return min(MAX_SPIN_MS, max(MIN_SPIN_MS, math.ceil(2 * _median(steady) / 0.05) * 0.05))
 
 
 def time_calls(device: Device, fn: Callable[..., Any], inputs: Callable[[], tuple[int, tuple]],

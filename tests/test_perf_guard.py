@@ -446,3 +446,14 @@ def test_gpu_patched_timer_fails(targets, restore_timers, trick, replaced):
     module = load_trick(trick)
     with pytest.raises(TimerTampered, match=f"{replaced} was replaced"):
         run_check(gpu_checker(targets), module.softmax, gpu_inputs)
+
+
+def test_spin_covers_twice_the_launch_cost_within_bounds() -> None:
+    """The spin before each timed call hides the host's launch (twice its warm-up median,
+    the first warm-up call left out: it may compile), never under 0.1 ms nor over 1 ms."""
+    from harness.perf import MAX_SPIN_MS, MIN_SPIN_MS, spin_for
+
+    assert spin_for([]) == MIN_SPIN_MS
+    assert spin_for([900.0, 0.01, 0.02, 0.01]) == MIN_SPIN_MS  # the compile call is ignored
+    assert spin_for([5.0, 0.21, 0.22, 0.2]) == pytest.approx(0.45)  # 2 x 0.21, rounded up to 0.05
+    assert spin_for([5.0, 40.0, 40.0]) == MAX_SPIN_MS  # a slow launcher pays for itself
