@@ -9,7 +9,7 @@ How a number is measured (the same for every kata):
   which leaves no dirty lines for the call to write back), CUDA event, the call, CUDA event;
   then a device-wide synchronize (every stream, not only the timed one) and the harness's host
   clock. After a warm-up, `batches` batches are timed. The spin lasts twice the host-side cost
-  of launching the call (measured in the warm-up, at least 0.1 ms): the GPU is still busy when
+  of launching the call (measured in the warm-up; at least 0.1 ms, at most 1 ms): the GPU is still busy when
   the call's kernels arrive, so a slow Python launcher is not timed as idle GPU time (ours and
   the peers' alike; in a server, CUDA graphs hide launch costs the same way).
 - The time of a call is the median over batches of the batch's mean event time. The mean
