@@ -94,4 +94,36 @@ MUTANTS = [
         find="        if own and not kept:\n            self.allocator.free(seq)\n",
         replace="        if own and kept:\n            self.allocator.free(seq)\n",
     ),
+    Mutant(
+        name="top_p_and_min_p_ignored",
+        bug="sample() is called with top_p=1 and min_p=0 for every row: the requests' own "
+            "top_p and min_p are dropped",
+        find="                top_p=torch.tensor([p.top_p for p in ps], device=dev),\n"
+             "                min_p=torch.tensor([p.min_p for p in ps], device=dev),\n",
+        replace="                top_p=torch.ones(len(ps), device=dev),\n"
+                "                min_p=torch.zeros(len(ps), device=dev),\n",
+    ),
+    Mutant(
+        name="repetition_penalty_on_output_only",
+        bug="the repetition penalty looks at the generated tokens only, not at the prompt's",
+        find="            seen = [r.tokens for r in reqs]\n",
+        replace="            seen = [r.generated or [-1] for r in reqs]\n",
+    ),
+    Mutant(
+        name="partial_stop_string_sent",
+        bug="text that may be the start of a stop string is sent at once instead of held back",
+        find="        visible, hit = find_stop(req.text, p.stop)\n",
+        replace="        visible, hit = find_stop(req.text, p.stop)\n        if not hit:\n"
+                "            visible = req.text\n",
+    ),
+    Mutant(
+        name="stop_string_searched_in_newest_text_only",
+        bug="stop strings are looked for in the newest token's text only: one split across two "
+            "tokens is missed",
+        find="        self._detokenize(req, final=reason is not None)\n"
+             "        visible, hit = find_stop(req.text, p.stop)\n",
+        replace="        old = len(req.text)\n        self._detokenize(req, final=reason is not None)\n"
+                "        visible, hit = find_stop(req.text[old:], p.stop)\n"
+                "        visible = req.text[:old] + visible\n",
+    ),
 ]

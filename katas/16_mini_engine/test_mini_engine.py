@@ -420,6 +420,43 @@ class TestTask3Engine:
                 f"first {same} tokens (each has probability ~0.03 at this temperature): are its own "
                 f"parameters used? got {results[i].tokens}, greedy {g}")
 
+    def test_top_p_and_min_p_are_used(self, tiny_dir: Any, tokenizer: Any, oracle: Any) -> None:
+        """top_p=1e-6 keeps only the most likely token, and so does min_p=1.0 (p >= p_max):
+        at temperature 2 both must give the greedy output, beside a plain sampled request.
+        (False failure: only at an exact tie of the two best logits.)"""
+        prompts = {i: rand_ids(n, 420 + i) for i, n in enumerate((7, 9, 8))}
+        params = {0: m.SamplingParams(max_tokens=8, temperature=2.0, top_p=1e-6, ignore_eos=True),
+                  1: m.SamplingParams(max_tokens=8, temperature=2.0, min_p=1.0, ignore_eos=True),
+                  2: m.SamplingParams(max_tokens=8, temperature=2.0, ignore_eos=True)}
+        engine = make_engine(tiny_dir, tokenizer)
+        for i in prompts:
+            engine.add_request(i, prompts[i], params[i])
+        results = run(engine)
+        for i in (0, 1):
+            oracle.check_greedy(results[i].tokens, prompts[i], n=8,
+                                what=f"request {i} ({params[i]}): only the top token survives the filter")
+
+    def test_repetition_penalty_covers_the_prompt(self, tiny_dir: Any, tokenizer: Any, oracle: Any) -> None:
+        """repetition_penalty applies to the prompt's tokens too: a prompt whose greedy next
+        token occurs in it (found by a seeded search) gives another first token at 1.5."""
+        for seed in range(430, 530):
+            prompt = rand_ids(8, seed)
+            lg = oracle.logits(prompt).clone()
+            if int(lg.argmax()) not in prompt:
+                continue
+            idx = torch.tensor(sorted(set(prompt)))
+            lg[idx] = torch.where(lg[idx] > 0, lg[idx] / 1.5, lg[idx] * 1.5)
+            want = int(lg.argmax())
+            break
+        else:
+            pytest.skip("no seeded prompt repeats its greedy token")
+        engine = make_engine(tiny_dir, tokenizer)
+        engine.add_request("p", prompt, greedy(1, repetition_penalty=1.5))
+        got = run(engine)["p"].tokens
+        assert got == [want], (f"repetition_penalty=1.5 on prompt {prompt}: the greedy token "
+                               f"{int(oracle.logits(prompt).argmax())} is in the prompt, so it is penalised "
+                               f"before the first output token; expected [{want}], got {got}")
+
     def test_abort_frees_the_blocks_at_once(self, tiny_dir: Any, tokenizer: Any, oracle: Any) -> None:
         engine = make_engine(tiny_dir, tokenizer, num_cache_blocks=0)
         prompts = {i: rand_ids(n, 500 + i) for i, n in enumerate((9, 13, 6))}
@@ -549,6 +586,28 @@ class TestTask4Outputs:
         assert r.last.finish_reason == "stop", f"a stop string ends with 'stop', got {r.last.finish_reason!r}"
         assert engine.num_free_blocks + engine.num_cached_blocks == engine.num_total_blocks, \
             "a request ended by a stop string frees its blocks"
+
+    def test_stop_string_across_tokens(self, tiny_dir: Any, tokenizer: Any, oracle: Any) -> None:
+        """A stop string whose characters come from two tokens: detected in the joined text,
+        and its first half never sent while the second is still to come."""
+        prompt = rand_ids(9, 810)
+        tokens = oracle.greedy(prompt, 20)
+        full = tokenizer.decode(tokens, skip_special_tokens=True)
+        stop = None
+        for k in range(1, 20):  # a character boundary between token k - 1 and token k
+            b = len(tokenizer.decode(tokens[:k], skip_special_tokens=True))
+            if 2 <= b < len(full) - 1 and full.startswith(tokenizer.decode(tokens[:k], skip_special_tokens=True)) \
+                    and full.find(full[b - 1:b + 1]) == b - 1:
+                stop = full[b - 1:b + 1]
+                break
+        assert stop is not None, f"no token boundary usable in {full!r}"
+        engine = make_engine(tiny_dir, tokenizer)
+        engine.add_request("s", prompt, greedy(20, stop=[stop]))
+        r = run(engine)["s"]
+        assert r.text == full[:b - 1] and r.last.finish_reason == "stop", (
+            f"stop={stop!r} spans tokens {k - 1} and {k} of {full!r}: the joined new_text must be "
+            f"{full[:b - 1]!r} with finish_reason 'stop' (hold back a partial stop string), got "
+            f"{r.text!r} ({r.last.finish_reason!r})")
 
     def test_streamed_text_equals_the_decoded_tokens(self, tiny_dir: Any, tokenizer: Any) -> None:
         """The pieces of new_text, joined, are the decoded output (random tokens of a
