@@ -74,4 +74,9 @@ MUTANTS: list[Mutant] = [
            "bias=False, input_is_parallel=True, group=group)",
            "gather_output=True, group=group)\n        self.down = RowParallelLinear(d_ff, d_model, "
            "bias=False, input_is_parallel=False, group=group)"),
+    Mutant("piece_added_at_chunk_start",
+           "a chunk sent in several pieces (large tensors) adds every received piece at the "
+           "chunk's start instead of the piece's own offset: right whenever a chunk is one piece",
+           "got, dst = bufs[k % 2, :length], flat[start:start + length]",
+           "got, dst = bufs[k % 2, :length], flat[recvs[0][0]:recvs[0][0] + length]"),
 ]

@@ -127,6 +127,15 @@ class TestTask1RingAllReduce:
                  for i, n in enumerate(numels) for shape in shapes_with(n)]
         check_ring(run_ring(pool, world, cases), cases, world)
 
+    def test_large_tensor(self, pool, world):
+        """A large tensor (1.1 M int64 elements, 8.8 MB, on 2 ranks): an implementation that
+        sends each chunk in several pieces (to overlap the adds with the transfers) must add
+        every piece at its own offset. Two ranks are enough; other worlds skip it to stay fast."""
+        if world != 2:
+            pytest.skip("run on 2 ranks only (8.8 MB per rank)")
+        cases = [dict(seed=9, shape=(1_100_001,), dtype="int64")]
+        check_ring(run_ring(pool, world, cases), cases, world)
+
     @settings(max_examples=max_examples(8))
     @given(data=st.data())
     def test_random_tensors(self, pool, world, data):
