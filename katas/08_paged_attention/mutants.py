@@ -58,7 +58,29 @@ MUTANTS: list[Mutant] = [
     Mutant("kernel_zero_length_nan",
            "divides by the softmax sum without a guard: a sequence of length 0 gives 0/0 = NaN",
            "l_safe = tl.where(l_i == 0.0, 1.0, l_i)", "l_safe = l_i"),
+    Mutant("kernel_no_head_dim_mask",
+           "masks the padded head-dim columns against BLOCK_D, not D: right only when D is a power "
+           "of two >= 16 (reads and writes the next head's data otherwise)",
+           "d_ok = offs_d < HEAD_D\n    heads", "d_ok = offs_d < BLOCK_D\n    heads"),
+    Mutant("kernel_cached_by_data_ptr",
+           "caches the result by the inputs' data_ptr and shapes: a cache or q written in place "
+           "(every decode step) returns the stale answer",
+           "def paged_attention_triton(",
+           "_CACHE: dict = {}\n\n\n"
+           "def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, num_splits=None):\n"
+           "    key = (q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_tables.data_ptr(),\n"
+           "           seq_lens.data_ptr(), tuple(q.shape), tuple(k_cache.shape), tuple(block_tables.shape),\n"
+           "           scale, num_splits)\n"
+           "    if key not in _CACHE:\n"
+           "        _CACHE[key] = _uncached(q, k_cache, v_cache, block_tables, seq_lens, scale=scale,\n"
+           "                                num_splits=num_splits)\n"
+           "    return _CACHE[key].clone()\n\n\n"
+           "def _uncached("),
     # -- Task 4: split-KV and the merge
+    Mutant("split_path_ignores_scale",
+           "the split path (num_splits > 1) uses the default scale, ignoring the scale argument",
+           "qk_scale = _default_scale(D, scale) * LOG2E",
+           "qk_scale = _default_scale(D, scale if num_splits == 1 else None) * LOG2E"),
     Mutant("split_floor_drops_tail",
            "tiles per split rounded down: the last tiles of a sequence belong to no split",
            "tiles_per_split = tl.cdiv(n_tiles, num_splits)", "tiles_per_split = n_tiles // num_splits"),

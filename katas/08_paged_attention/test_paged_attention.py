@@ -428,11 +428,31 @@ class TestTask3TritonKernel:
                           "when a later step raises the running max, rescale l and acc by "
                           "exp(m_old - m_new) (kata 03); scores of tokens >= seq_len must be -inf")
 
-    def test_explicit_scale(self):
+    @pytest.mark.parametrize("num_splits", [1, 3])
+    def test_explicit_scale(self, num_splits):
         case = triton_case(CPU_CASES[1], torch.float32, seed=1)
-        out = call(m.paged_attention_triton, case, "paged_attention_triton(scale=0.3, num_splits=1)",
-                   scale=0.3, num_splits=1)
-        check_values(out, case, "paged_attention_triton(scale=0.3, num_splits=1)", scale=0.3)
+        what = f"paged_attention_triton(scale=0.3, num_splits={num_splits})"
+        out = call(m.paged_attention_triton, case, what, scale=0.3, num_splits=num_splits)
+        check_values(out, case, what, scale=0.3, hint="scores = (q . k) * scale, with one split or many")
+
+    def test_head_dim_and_group_not_powers_of_two(self):
+        """D = 24 and 3 query heads per kv head: tiles padded to powers of two must mask the
+        extra columns and rows (loads and stores), or they read and write the next head's data."""
+        case = make_case(12, [7, 20], Hq=6, Hkv=2, D=24, block_size=5, dtype=torch.float32, device=DEV)
+        what = "paged_attention_triton(num_splits=1), D 24, Hq 6, Hkv 2"
+        out = call(m.paged_attention_triton, case, what, num_splits=1)
+        check_values(out, case, what, hint="tl.arange needs a power of two: pad D and the group to "
+                                           "one and mask offs_d < D and the heads past the group")
+
+    def test_inputs_changed_in_place_give_a_new_result(self):
+        """A decode loop reuses the same tensors, written in place, every step: a result cached by
+        data_ptr (or anything else that skips recomputing) is stale."""
+        case = make_case(13, [5, 9], Hq=2, Hkv=1, D=16, block_size=4, dtype=torch.float32, device=DEV)
+        call(m.paged_attention_triton, case, "paged_attention_triton(num_splits=1)", num_splits=1)
+        case.q.mul_(-2.0)  # same tensor, new values
+        out = call(m.paged_attention_triton, case, "paged_attention_triton(num_splits=1)", num_splits=1)
+        check_values(out, case, "paged_attention_triton(num_splits=1) called again after q was changed "
+                                "in place", hint="compute from the current values on every call")
 
 
 # ====================================================================== Task 4: split-KV
