@@ -43,6 +43,15 @@ MUTANTS: list[Mutant] = [
     Mutant("pack_accepts_codes_over_15",
            "packs codes >= 16 silently (their top bits spill into the neighbour's nibble)",
            "int(codes.max()) >= 16", "int(codes.max()) >= 256"),
+    Mutant("pack_reads_storage",
+           "packs the codes' storage in row-major order, ignoring the strides: wrong for a view",
+           "    return c[:, 0::2] | (c[:, 1::2] << 4)",
+           "    f = c.as_strided((c.numel(),), (1,))\n"
+           "    return (f[0::2] | (f[1::2] << 4)).reshape(c.shape[0], -1)"),
+    Mutant("unpack_assumes_contiguous",
+           "unpacks as if packed were contiguous (row stride in // 2): wrong for a column slice",
+           "    lo = packed & 0xF",
+           "    packed = packed.as_strided(packed.shape, (packed.shape[1], 1))\n    lo = packed & 0xF"),
     # -- Task 5: the kernel
     Mutant("kernel_nibbles_swapped",
            "the kernel pairs the high nibble with column 2j and the low one with 2j + 1",
@@ -67,4 +76,15 @@ MUTANTS: list[Mutant] = [
            "    out = torch.empty((M, N), device=x.device, dtype=x.dtype)\n",
            "    codes = unpack_int4(packed)\n"
            "    return (x.float() @ dequantize(codes, scales, zeros, group_size).T).to(x.dtype)\n"),
+    Mutant("kernel_x_unit_column_stride",
+           "the kernel assumes x's columns are adjacent (stride 1 along K): wrong for a transposed view",
+           "x.stride(0), x.stride(1), packed.stride(0)", "x.stride(0), 1, packed.stride(0)"),
+    Mutant("kernel_scales_assumed_contiguous",
+           "the kernel indexes scales and zeros as contiguous (n_groups, 1) instead of by their strides",
+           "scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1)",
+           "scales.shape[1], 1, zeros.shape[1], 1"),
+    Mutant("kernel_one_row_tile",
+           "a shortcut: the grid has one program along M, right only while M fits one BLOCK_M tile",
+           'grid = (triton.cdiv(N, cfg["BLOCK_N"]), split, triton.cdiv(M, cfg["BLOCK_M"]))',
+           'grid = (triton.cdiv(N, cfg["BLOCK_N"]), split, 1)'),
 ]

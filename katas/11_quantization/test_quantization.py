@@ -484,6 +484,23 @@ class TestTask4PackInt4:
         assert torch.equal(m.pack_int4(m.unpack_int4(anything)), anything), (
             f"pack_int4(unpack_int4(p)) != p for a random uint8 p ({rows}, {half}), seed={seed}")
 
+    def test_non_contiguous_views(self):
+        """A transposed view and a column slice: a view is read through its strides (or copied)."""
+        gen = torch.Generator().manual_seed(11)
+        codes = torch.randint(0, 16, (10, 6), generator=gen, dtype=torch.uint8).T  # (6, 10), strides (1, 6)
+        got = m.pack_int4(codes)
+        assert torch.equal(got, pack64(codes)), (
+            f"pack_int4(codes (6, 10) transposed view, strides {codes.stride()}, seed=11) differs from "
+            f"codes[:, 0::2] + 16 * codes[:, 1::2] at {int((got != pack64(codes)).sum())} of {got.numel()} "
+            "bytes\n  hint: index the view, not its storage (or call .contiguous() first)")
+        packed = torch.randint(0, 256, (4, 12), generator=gen, dtype=torch.uint8)[:, 3:8]  # row stride 12
+        back = m.unpack_int4(packed)
+        want = torch.stack((packed & 15, packed >> 4), dim=-1).reshape(4, 10)
+        assert torch.equal(back, want), (
+            f"unpack_int4(packed (4, 5) column slice, strides {packed.stride()}, seed=11) differs from the "
+            f"low/high nibbles of each byte at {int((back != want).sum())} of {want.numel()} codes"
+            "\n  hint: index the view, not its storage (or call .contiguous() first)")
+
     def test_pack_what_quantize_gives(self):
         w = make_weight(9, 8, 64, 16, "randn")
         codes, scales, zeros = m.quantize(w, bits=4, group_size=16, sym=False)
@@ -643,6 +660,27 @@ class TestTask5W4A16Matmul:
         assert_triton_ran(launches, call)
         check_matmul(out, x, codes, scales, zeros, 16, call, dict(seed=70),
                      "step between rows of x by x.stride(0) (or call .contiguous() first)")
+
+    def test_transposed_views(self, device):
+        """x, scales and zeros as transposed views (column stride != 1): read through the strides."""
+        x, codes, scales, zeros = make_matmul_case(71, 5, 12, 32, 8, torch.float16)
+        xv, sv, zv = (t.T.contiguous().to(device).T for t in (x, scales, zeros))
+        packed = pack64(codes).to(device)
+        call = (f"w4a16_matmul(x (5, 32) float16 with strides {xv.stride()}, W (12, 32), scales and zeros "
+                f"(12, 4) with strides {sv.stride()}, group_size=8)")
+        with count_triton_launches() as launches:
+            out = m.w4a16_matmul(xv, packed, sv, zv, 8)
+        assert_triton_ran(launches, call)
+        check_matmul(out, x, codes, scales, zeros, 8, call, dict(seed=71),
+                     "use both strides of x, scales and zeros (or call .contiguous() first)")
+
+    def test_many_row_tiles(self, device):
+        """M = 150 rows of x: more than one tile of rows (any M >= 1, README)."""
+        x, codes, scales, zeros = make_matmul_case(72, 150, 6, 32, 16, torch.bfloat16)
+        call = "w4a16_matmul(x (150, 32) bfloat16, W (6, 32), group_size=16)"
+        check_matmul(run_matmul(device, x, codes, scales, zeros, 16, call), x, codes, scales, zeros, 16,
+                     call, dict(M=150, N=6, K=32, seed=72),
+                     "launch enough programs along M to cover every row of x (cdiv(M, BLOCK_M))")
 
     def test_fresh_result_for_new_values(self, device):
         """Same shapes, new values (also written into the same tensors): no result kept from an earlier call."""
