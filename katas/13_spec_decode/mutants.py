@@ -20,6 +20,10 @@ MUTANTS: list[Mutant] = [
     Mutant("ratio_q_over_p",
            "accepts with probability min(1, q/p) (the ratio upside down)",
            find="accepted = u * q_x < p_x", replace="accepted = u * p_x < q_x"),
+    Mutant("deterministic_accept_for_large_vocab",
+           "a large-vocabulary shortcut: for V > 64 accepts exactly when p(x) >= q(x), no uniform",
+           find="accepted = u * q_x < p_x",
+           replace="accepted = (p_x >= q_x) if V > 64 else (u * q_x < p_x)"),
     Mutant("one_uniform_per_row",
            "draws one uniform per row and reuses it at every position, so acceptances are "
            "correlated",
@@ -53,6 +57,10 @@ MUTANTS: list[Mutant] = [
                    "    if k > 0:\n"
                    "        p_next = torch.where((num_accepted == k)[:, None],\n"
                    "                             draft_probs[:, k - 1].to(ftype), p_next)"),
+    Mutant("residual_uses_first_rows_draft",
+           "subtracts the first sequence's draft row q_0 from every row's target (batch index lost)",
+           find="q_next = draft_probs[rows, num_accepted.clamp(max=k - 1)].to(ftype)",
+           replace="q_next = draft_probs[0, num_accepted.clamp(max=k - 1)].to(ftype)"),
     Mutant("correction_is_argmax",
            "takes the most likely residual token instead of sampling it",
            find="last = torch.multinomial(residual, 1, generator=generator).squeeze(1)",

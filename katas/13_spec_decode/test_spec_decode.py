@@ -431,6 +431,31 @@ class TestTask2Acceptance:
                 f"+- {t:.0f} (false-failure rate < {DELTA:g})\n  hint: accept with probability "
                 "min(1, p/q): draw u ~ U[0, 1) and accept when u < p/q (u * q < p avoids dividing by 0)")
 
+    def test_acceptance_rate_with_a_large_vocabulary(self) -> None:
+        """V = 1024 (vocabularies are large): k = 1, rows proposing token 0 (p 0.10, q 0.20) or
+        token 1 (p 0.03, q 0.10) must accept at rates 0.5 and 0.3 (1 000 rows each; Bernstein,
+        false-failure rate < 1e-6)."""
+        V, rows = 1024, 1000
+        g = torch.Generator().manual_seed(9)
+        head_p, head_q = torch.tensor([0.10, 0.03]), torch.tensor([0.20, 0.10])
+        rest_p = rand_probs(g, V - 2).float() * (1 - head_p.sum())
+        rest_q = rand_probs(g, V - 2).float() * (1 - head_q.sum())
+        p, q = torch.cat([head_p, rest_p]), torch.cat([head_q, rest_q])
+        x = torch.tensor([0, 1]).repeat_interleave(rows)[:, None]
+        B = len(x)
+        pp = torch.stack([p, torch.full((V,), 1 / V)])[None].expand(B, 2, V)
+        qq = q[None, None].expand(B, 1, V)
+        _, n = m.rejection_sample(x, qq, pp, generator=torch.Generator().manual_seed(10))
+        accepted = n.cpu().view(2, rows).sum(1)
+        for j in range(2):
+            rate = float(head_p[j] / head_q[j])
+            t = bernstein_halfwidth(rows, rate, DELTA / 2)
+            assert abs(float(accepted[j]) - rows * rate) <= t, (
+                f"V={V}: draft token {j} (p={float(head_p[j]):.2f}, q={float(head_q[j]):.2f}) was "
+                f"accepted {int(accepted[j])} times in {rows}; min(1, p/q) = {rate:.2f} gives "
+                f"{rows * rate:.0f} +- {t:.0f}\n  hint: the same rule at every vocabulary size: accept "
+                "with probability min(1, p/q), never a deterministic p >= q shortcut")
+
     def test_num_accepted_distribution(self) -> None:
         """Drafts x_i ~ q_i with a different (p_i, q_i) at each of k = 4 positions: position i
         accepts with probability beta_i = sum_x min(p_i, q_i)(x), independently, and the count
@@ -590,6 +615,27 @@ class TestTask3ExactDistribution:
                          delta=DELTA / (k + 1),
                          what=f"token {t} of the {count} rows that reach position {t} (k={k}, V={V}, "
                               f"p_{t}={[round(v, 3) for v in p[t].tolist()]})", hint=HINT_EXACT)
+
+    def test_rows_of_one_batch_are_independent(self) -> None:
+        """Two different (p, q) configurations interleaved row by row in one batch (k = 1, V = 4,
+        20 000 rows each): each row's outcomes follow its own enumerated distribution, so nothing
+        (a residual, a bonus row, a uniform) may be taken from another row of the batch.
+        False-failure rate < 1e-6."""
+        g = torch.Generator().manual_seed(25)
+        k, V, rows = 1, 4, 20_000
+        confs = [(rand_probs(g, k + 1, V, zeros=0.25), rand_probs(g, k, V, zeros=0.25)) for _ in range(2)]
+        batches = [batch_of(p, q, rows, g) for p, q in confs]
+        x, qq, pp = (torch.stack([a, b], 1).flatten(0, 1) for a, b in zip(*batches))  # rows A, B, A, B, ...
+        tokens, n = m.rejection_sample(x, qq, pp, generator=torch.Generator().manual_seed(26))
+        check_format(tokens, n, x, V, what=f"rejection_sample on two interleaved configurations (B={2 * rows})")
+        for c, (p, q) in enumerate(confs):
+            check_counts(row_counts(tokens[c::2], n[c::2]), exact_rows(p, q), rows, delta=DELTA / 2,
+                         what=f"rows {c}, {c + 2}, {c + 4}, ... of a batch interleaving two (p, q) "
+                              f"configurations (k={k}, V={V}), configuration {c}: "
+                              f"p={[[round(v, 3) for v in r] for r in p.tolist()]}, "
+                              f"q={[[round(v, 3) for v in r] for r in q.tolist()]}",
+                         hint="row b's residual and bonus come from target_probs[b] and draft_probs[b] "
+                              "(index the batch with arange(B), not row 0)")
 
     def test_non_contiguous_probabilities(self) -> None:
         """Probabilities stored vocabulary-major (a transposed view) give the same distribution."""
