@@ -10,6 +10,14 @@ MUTANTS: list[Mutant] = [
     Mutant("rms_in_input_dtype",
            "normalises in the input dtype: x*x overflows fp16 past 256",
            "x32 = x.to(torch.float32)", "x32 = x"),
+    Mutant("rms_bf16_in_input_dtype",
+           "upcasts fp16 (which overflows) but squares and normalises bfloat16 in bfloat16",
+           "x32 = x.to(torch.float32)",
+           "x32 = x if x.dtype == torch.bfloat16 else x.to(torch.float32)"),
+    Mutant("rms_weight_before_rounding",
+           "multiplies by weight in float32 and rounds once at the end, not as LlamaRMSNorm "
+           "(round the normalised x to x's dtype, then multiply)",
+           "return weight * normed.to(x.dtype)", "return (weight * normed).to(x.dtype)"),
     # -- Task 2: RoPE
     Mutant("rope_interleaved",
            "pairs (2i, 2i+1) as in the original RoPE paper / Meta's checkpoints, not Hugging "
@@ -66,6 +74,9 @@ MUTANTS: list[Mutant] = [
            "drops the residual connection around attention",
            "h = h + attn @ w[p + \"self_attn.o_proj.weight\"].T",
            "h = attn @ w[p + \"self_attn.o_proj.weight\"].T"),
+    Mutant("dtype_argument_ignored",
+           "from_pretrained ignores dtype: a bfloat16 request still runs in float32",
+           "name: t.to(device=device, dtype=dtype)", "name: t.to(device=device)"),
     # -- Task 5: the KV cache
     Mutant("rope_positions_not_offset",
            "rotates new tokens as if they started at position 0, ignoring the cache length",
@@ -98,4 +109,9 @@ MUTANTS: list[Mutant] = [
            "decodes each new token without the cache: the model sees only that one token",
            "logits = model(torch.tensor([[token]], dtype=torch.long, device=device), cache)",
            "logits = model(torch.tensor([[token]], dtype=torch.long, device=device))"),
+    Mutant("eos_first_token_missed",
+           "checks eos only from the second new token on: an eos straight after the prompt "
+           "does not stop",
+           "if token == eos_id or len(out) == max_new_tokens:",
+           "if (token == eos_id and len(out) > 1) or len(out) == max_new_tokens:"),
 ]

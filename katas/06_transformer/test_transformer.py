@@ -213,6 +213,25 @@ class TestTask1RmsNorm:
                      hint="compute mean(x^2) in float32 (x.float()), round to x's dtype, then "
                      "multiply by weight; x*x in fp16 overflows past 256")
 
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_half_precision_rounded_once(self, dtype: torch.dtype) -> None:
+        """The contract's result is weight * (the float32 value rounded once to x's dtype),
+        the product rounded once: it equals that computed from the float64 formula, bar a
+        float32 error landing on a rounding boundary (chance ~1e-4 per element). Squares, mean
+        or rsqrt in x's dtype, or weight applied before the rounding, round differently."""
+        gen = torch.Generator().manual_seed(4)
+        x = torch.randn(8, 64, generator=gen).to(dtype)
+        w = (1 + 0.3 * torch.randn(64, generator=gen)).to(dtype)
+        out = m.rms_norm(x, w, 1e-6)
+        x64 = x.double()
+        normed = (x64 / torch.sqrt((x64 * x64).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+        expected = (w.double() * normed.double()).to(dtype)
+        wrong = int((out != expected).sum())
+        assert wrong <= 3, (
+            f"rms_norm(x (8, 64) {dtype}, weight, seed 4): {wrong} of 512 elements differ from "
+            f"weight * (x / rms(x)).to({dtype}) (at most 3 may, by rounding): compute x^2, its "
+            "mean and rsqrt in float32 (x.float()), round to x's dtype, then multiply by weight")
+
 
 # =================================================================================== Task 2
 class TestTask2Rope:
@@ -438,6 +457,20 @@ class TestTask4Forward:
                      what="logits of the model loaded with dtype=torch.bfloat16",
                      inputs=dict(input_ids=ids))
 
+    def test_bfloat16_weights_are_rounded(self, tiny: TinyModels) -> None:
+        """dtype=torch.bfloat16 must store the weights in bfloat16: their rounding moves the
+        logits by ~0.7% of the largest (see above), far more than the 0.1% allowed here; a
+        model that ignores dtype gives the float32 logits."""
+        folder = tiny.folder("gqa_tied")
+        ids = token_ids("gqa_tied", 1, 12, seed=13)
+        out = m.Transformer.from_pretrained(folder, dtype=torch.bfloat16)(ids)
+        full = m.Transformer.from_pretrained(folder)(ids)
+        moved = float((out.float() - full.float()).abs().max())
+        assert moved > 1e-3 * float(full.abs().max()), (
+            f"logits with dtype=torch.bfloat16 differ from the float32 model's by at most "
+            f"{moved:.3g} (largest logit {float(full.abs().max()):.3g}; input (1, 12), seed 13): "
+            "the weights were not converted to bfloat16; from_pretrained must apply dtype")
+
     @pytest.mark.gpu
     def test_on_gpu(self, tiny: TinyModels) -> None:
         model = m.Transformer.from_pretrained(tiny.folder("mqa_llama3"), device="cuda")
@@ -565,3 +598,14 @@ class TestTask6Generate:
                                  f"{expected}, got {got}")
         assert m.generate(model, prompt, 10, eos_id=-1) == path, (
             "generate with an eos_id the model never produces must run all 10 tokens")
+
+    def test_eos_as_first_new_token(self, tiny: TinyModels) -> None:
+        name = "mqa_llama3"
+        model = m.Transformer.from_pretrained(tiny.folder(name))
+        prompt = token_ids(name, 1, 5, seed=19)[0].tolist()
+        first = oracle_greedy(tiny, name, prompt, 1)[0]
+        got = m.generate(model, prompt, 10, eos_id=first)
+        assert got == [first], (
+            f"generate(prompt {prompt}, 10, eos_id={first}): the first greedy token is the eos "
+            f"({first}), so the result must be [{first}], got {got}; the prefill's token is "
+            "checked for eos like every other")
