@@ -43,6 +43,9 @@ MUTANTS: list[Mutant] = [
     Mutant("unpermute_uses_order_not_its_inverse",
            "reads row order[j] for flat index j: order maps sorted row -> flat index, not back",
            "rows = y_sorted.index_select(0, row_of)", "rows = y_sorted.index_select(0, order)"),
+    Mutant("unpermute_in_input_dtype",
+           "weights and sums the rows in y's dtype (bf16 products rounded) instead of float32",
+           "acc = torch.promote_types(y_sorted.dtype, torch.float32)", "acc = y_sorted.dtype"),
     # -- Task 3: capacity
     Mutant("capacity_in_token_major_order",
            "serves the assignments token by token (both slots of token 0 first), not every "
@@ -98,4 +101,7 @@ MUTANTS: list[Mutant] = [
            "the routing kernel stores the raw top-k probabilities, not renormalised",
            "w = tl.sum(tl.where(pick, left, 0.0), axis=1) / tl.where(top_sum > 0, top_sum, 1.0)",
            "w = tl.sum(tl.where(pick, left, 0.0), axis=1)"),
+    Mutant("triton_eight_experts_max",
+           "hard-codes the routing kernel's expert axis to 8: right only for E <= 8",
+           "TOP_K=top_k, E_PAD=e_pad,", "TOP_K=top_k, E_PAD=8,"),
 ]

@@ -417,6 +417,27 @@ class TestTask2PermuteUnpermute:
                      hint="out[t] = sum over slots of weights[t, slot] * y_sorted[i] where "
                           "order[i] == t * top_k + slot (y_sorted row i belongs to flat index order[i])")
 
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dname)
+    def test_unpermute_rounds_once(self, dtype):
+        """Weighted sum in float32, rounded once to y's dtype: equal to the float64 sum rounded,
+        bar a float32 error on a rounding boundary (chance ~1e-4 per element). Products or
+        sums rounded to y's dtype on the way differ in many elements."""
+        T, k, d = 16, 4, 32
+        g = torch.Generator().manual_seed(3)
+        order = torch.randperm(T * k, generator=g)
+        y = torch.randn(T * k, d, generator=g).to(dtype)
+        weights = torch.rand(T, k, generator=g)
+        row_of = torch.empty_like(order)
+        row_of[order] = torch.arange(T * k)
+        expected = (y.double()[row_of].view(T, k, d) * weights.double()[..., None]).sum(1).to(dtype)
+        out = m.unpermute(y, order, weights)
+        wrong = int((out.cpu() != expected).sum())
+        assert wrong <= 3, (
+            f"unpermute(y_sorted ({T * k}, {d}) {dname(dtype)}, weights ({T}, {k}), seed 3): "
+            f"{wrong} of {T * d} elements differ from the exact weighted sum rounded once to "
+            f"{dname(dtype)} (at most 3 may): multiply and accumulate in float32 (y.float()), "
+            "round only the result")
+
 
 # ==================================================================== Task 3: capacity
 def expected_capacity(experts: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -747,6 +768,15 @@ class TestTask6Triton:
                       "moe_forward_triton(x a (7, 16) window of a (7, 48) tensor)",
                       dict(T=7, d=16, E=4, top_k=2, x_stride=view.stride()),
                       hint="x may be a view: use x.stride(0) (or make it contiguous)")
+
+    def test_more_than_eight_experts(self):
+        """E = 10: more than 8 and not a power of two (the CPU cases above have E <= 6)."""
+        T, d, d_ff, E, k = 8, 16, 16, 10, 2
+        args = make_block(26, T, d, d_ff, E, torch.float32, DEVICE)
+        check_forward(m.moe_forward_triton, args, k, "moe_forward_triton with 10 experts",
+                      dict(T=T, d=d, d_ff=d_ff, E=E, top_k=k, seed=26),
+                      hint="size the routing kernel's expert axis from E (its next power of "
+                           "two), not a fixed width")
 
     @pytest.mark.parametrize("case", TRITON_CASES, ids=triton_case_id)
     def test_matches_float64_math(self, case):
