@@ -1,5 +1,5 @@
-"""`kata.py grade`: the fixture roster (tests/fixtures/roster: kata 10, one correct learner,
-one partial, one that hangs) gives a stable CSV, sorted JSON and an HTML heatmap that renders
+"""`kata.py grade`: the fixture roster (written by tests/fixtures/make_roster.py from
+reference/scheduler.py: kata 10, one correct learner, one partial, one that hangs) gives a stable CSV, sorted JSON and an HTML heatmap that renders
 in a real headless browser; submissions run in child processes under limits, on copies."""
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from harness import grade
 from harness.katas import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures"
-ROSTER = FIXTURES / "roster"
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 
 EXPECTED_CSV = """\
@@ -39,31 +38,32 @@ def run_grade(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_the_fixture_roster_is_what_make_roster_writes(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def roster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three learners, made from today's reference by make_roster.py (never stale)."""
     spec = importlib.util.spec_from_file_location("make_roster", FIXTURES / "make_roster.py")
     assert spec and spec.loader
     make_roster = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_roster)
-    make_roster.write(tmp_path)
-    assert files_of(tmp_path) == files_of(ROSTER), (
-        "tests/fixtures/roster is out of date with reference/scheduler.py: "
-        "python tests/fixtures/make_roster.py")
+    folder = tmp_path_factory.mktemp("roster")
+    make_roster.write(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, bytes]]:
+def graded(roster: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, bytes]]:
     out = tmp_path_factory.mktemp("grades")
-    before = files_of(ROSTER)
-    proc = run_grade(str(ROSTER), "--katas", "10", "--tasks", "1,3", "--timeout", "20",
+    before = files_of(roster)
+    proc = run_grade(str(roster), "--katas", "10", "--tasks", "1,3", "--timeout", "20",
                      "--jobs", "3", "--out", str(out))
     return out, proc.stdout + proc.stderr, before
 
 
-def test_the_roster_grades_to_a_stable_csv(graded) -> None:
+def test_the_roster_grades_to_a_stable_csv(graded, roster: Path) -> None:
     out, log, before = graded
     assert (out / "grades.csv").read_text() == EXPECTED_CSV, log
     assert "cy                   kata 10 0/20 TIMEOUT" in log, log
-    assert files_of(ROSTER) == before, "grading wrote into the roster"
+    assert files_of(roster) == before, "grading wrote into the roster"
 
 
 def test_the_json_has_sorted_keys_and_partial_credit(graded) -> None:
