@@ -123,7 +123,9 @@ class Scheduler:
     def update(self, output: ScheduleOutput) -> list[Hashable]:
         finished = []
         for request_id, n in output.num_tokens.items():
-            req = self.requests[request_id]
+            req = self.requests.get(request_id)
+            if req is None:
+                continue  # aborted after this step was scheduled: it emits nothing
             req.processed += n
             if req.processed == req.known:  # its last known token ran: the model emits one
                 req.generated += 1
@@ -135,3 +137,18 @@ class Scheduler:
             done = set(finished)
             self.running = [r for r in self.running if r.id not in done]
         return finished
+
+    # -- optional, beyond the contract (README, Task 6) -----------------------------------
+    def abort(self, request_id: Hashable) -> None:
+        """Drop a request now (its client left, or it hit eos or a stop string before
+        max_new_tokens): its blocks come back at once, it is never scheduled again, and
+        update() never returns it. Unknown, finished or aborted ids are ignored. Safe between
+        schedule() and update(): update() skips it."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return  # unknown, finished, or aborted already: nothing to do
+        self.free_blocks += req.blocks  # back to the pool now (a waiting request holds none)
+        req.blocks = 0
+        # O(n), but once per aborted request, not per request per step.
+        self.running = [r for r in self.running if r is not req]
+        self.waiting = deque(r for r in self.waiting if r is not req)

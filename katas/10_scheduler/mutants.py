@@ -64,4 +64,23 @@ MUTANTS: list[Mutant] = [
            "admits new requests only in a step where no running request ran: batches drain first",
            "and not out.preempted):", "and not out.preempted and i == 0):",
            expect="continuous batching should reach at least 2x"),
+    # Task 6 (optional): abort
+    Mutant("abort_leaks_blocks",
+           "abort drops the request but never returns its blocks to the pool",
+           "        self.free_blocks += req.blocks  # back to the pool now (a waiting request holds none)\n",
+           "", expect="liveness"),
+    Mutant("abort_keeps_the_request",
+           "abort leaves the request among the unfinished ones: has_unfinished stays True, and "
+           "aborted between schedule() and update() it is still returned by update",
+           "req = self.requests.pop(request_id, None)", "req = self.requests.get(request_id)",
+           expect="has_unfinished"),
+    Mutant("abort_only_running",
+           "abort forgets the waiting queue: an aborted waiting request is admitted later",
+           "        self.waiting = deque(r for r in self.waiting if r is not req)\n", "",
+           expect="an aborted request is never scheduled again"),
+    Mutant("update_trusts_its_output",
+           "update looks up every scheduled request: one aborted after schedule() is a KeyError",
+           "            req = self.requests.get(request_id)\n            if req is None:\n"
+           "                continue  # aborted after this step was scheduled: it emits nothing\n",
+           "            req = self.requests[request_id]\n"),
 ]

@@ -8,6 +8,7 @@ whatever its internals, chunking policy or order within the budget, can be check
     shadow.add(rid, prompt_len, max_new_tokens)        # beside scheduler.add_request
     shadow.check_schedule(out)                         # after scheduler.schedule()
     shadow.check_update(finished)                      # after scheduler.update(out)
+    shadow.abort(rid)                                  # beside scheduler.abort (optional, Task 6)
 
 Any broken rule raises `RuleBroken` (an AssertionError) naming the rule, the step, the
 request, and `where` (the workload's seed, set by the caller).
@@ -37,7 +38,7 @@ class Req:
     added_step: int
     generated: int = 0
     processed: int = 0  # since the last preemption
-    state: str = "waiting"  # waiting | running | finished
+    state: str = "waiting"  # waiting | running | finished | aborted
     preemptions: int = 0
     token_steps: list[int] = field(default_factory=list)  # the step of each emitted token
 
@@ -87,11 +88,25 @@ class Shadow:
             lines.append(self.where)
         raise RuleBroken("\n  ".join(lines))
 
-    # -- the three calls --------------------------------------------------------------
+    # -- the three calls, and the optional abort ---------------------------------------
     def add(self, rid: Hashable, prompt_len: int, max_new_tokens: int) -> None:
         self.reqs[rid] = Req(rid, prompt_len, max_new_tokens, self.step)
         self.queue.append([rid])
         self.unfinished += 1
+
+    def abort(self, rid: Hashable) -> None:
+        """The request leaves now, from the queue or the running set: it holds no blocks, is
+        never scheduled again, emits nothing more and is never returned by update, even when
+        aborted between schedule() and update(). Unknown, finished or aborted ids: no-op."""
+        req = self.reqs.get(rid)
+        if req is None or req.state in ("finished", "aborted"):
+            return
+        if req.state == "running":
+            del self.running[rid]
+        else:
+            self.queue = [kept for group in self.queue if (kept := [r for r in group if r != rid])]
+        req.state = "aborted"
+        self.unfinished -= 1
 
     def check_schedule(self, out: Any) -> dict[Hashable, int]:
         """Validate one ScheduleOutput and apply its preemptions and admissions."""
@@ -134,6 +149,10 @@ class Shadow:
                 self.fail("num_tokens", f"schedules {rid!r}, which was never added")
             if req.state == "finished":
                 self.fail("num_tokens", "schedules a request that already finished", rid)
+            if req.state == "aborted":
+                self.fail("an aborted request is never scheduled again", "num_tokens schedules "
+                          "it after abort() (abort must take it out of the waiting queue and the "
+                          "running requests)", rid)
             if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
                 self.fail("num_tokens", f"each value must be an int >= 1 (a request that does "
                           f"not run is left out), got {n!r}", rid)
@@ -217,6 +236,8 @@ class Shadow:
         emitted, expected = [], []
         for rid, n in self._pending.items():
             req = self.reqs[rid]
+            if req.state == "aborted":
+                continue  # aborted between schedule() and update(): it emits nothing
             req.processed += n
             if req.processed == req.known:
                 req.generated += 1
@@ -230,6 +251,10 @@ class Shadow:
         for rid in got:
             if rid not in self.reqs:
                 self.fail("update", f"returned {rid!r} as finished, which was never added")
+            if self.reqs[rid].state == "aborted":
+                self.fail("an aborted request is never returned by update", "update returned it "
+                          "as finished after abort() (aborted after this step's schedule() or "
+                          "before it); it left with abort and emits nothing more", rid)
             if rid not in expected:
                 req = self.reqs[rid]
                 self.fail("each request finishes with exactly max_new_tokens",

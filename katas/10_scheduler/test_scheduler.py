@@ -10,12 +10,15 @@ with exactly max_new_tokens; and liveness: the run ends within `step_bound` step
 
 Workloads come from `make_workload(seed, flavor)`: hypothesis draws the seed and the
 flavor, and every failure message names both, so `make_workload(seed, flavor)` rebuilds it.
+
+Task 6 (optional) adds `abort(request_id)`: its checks skip while the Scheduler has none, and
+drive() calls abort only for a workload that lists aborts.
 """
 from __future__ import annotations
 
 import random
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,9 @@ class Workload:
     block_size: int
     requests: list[tuple[str, int, int, int]]  # (id, arrival step, prompt_len, max_new_tokens)
     name: str = ""
+    # Task 6: (id, step, when): abort before that step's schedule() ("before") or between
+    # its schedule() and update() ("mid"). Ids may be unknown or finished by then.
+    aborts: list[tuple[str, int, str]] = field(default_factory=list)
 
     def need(self, prompt_len: int, max_new: int) -> int:
         """Blocks a request holds at most: its last token is never processed."""
@@ -63,8 +69,14 @@ class Workload:
     def describe(self) -> str:
         reqs = ", ".join(f"{r}@{a}:{p}+{n}" for r, a, p, n in self.requests)
         cfg = ", ".join(f"{k}={v}" for k, v in self.config().items())
-        return (f"workload {self.name}\n    Scheduler({cfg})\n    requests (id@arrival_step:prompt_len"
+        text = (f"workload {self.name}\n    Scheduler({cfg})\n    requests (id@arrival_step:prompt_len"
                 f"+max_new_tokens): " + "\n      ".join(textwrap.wrap(reqs, 180)))
+        if self.aborts:
+            ab = ", ".join(f"{r}@{s}{'' if when == 'before' else ' (mid-step)'}"
+                           for r, s, when in self.aborts)
+            text += ("\n    abort(id)@step (before that step's schedule(), or mid-step: between its "
+                     "schedule() and update()): " + "\n      ".join(textwrap.wrap(ab, 180)))
+        return text
 
 
 FLAVORS = ["plenty", "chunked", "tight_pool", "huge_prompt", "burst"]
@@ -117,35 +129,68 @@ def drive(w: Workload) -> Any:
     sched = m.Scheduler(**w.config())
     shadow = Shadow(**w.config(), where=w.describe())
     bound, k = w.step_bound(), 0
+
+    def abort(when: str) -> None:
+        for rid, step, phase in w.aborts:
+            if step == shadow.step and phase == when:
+                sched.abort(rid)
+                shadow.abort(rid)
+
     while True:
         while k < len(w.requests) and w.requests[k][1] <= shadow.step:  # arrivals between steps
             rid, _, prompt_len, max_new = w.requests[k]
             sched.add_request(rid, prompt_len, max_new)
             shadow.add(rid, prompt_len, max_new)
             k += 1
+        abort("before")
         got = sched.has_unfinished()
         if got != (shadow.unfinished > 0):
             shadow.fail("has_unfinished", f"returned {got!r}, but {shadow.unfinished} requests "
-                        f"are unfinished (added and not yet returned by update)")
+                        f"are unfinished (added and not yet returned by update"
+                        f"{' nor aborted' if w.aborts else ''})")
         if k == len(w.requests) and not shadow.unfinished:
             return shadow
         if shadow.step >= bound:
-            left = [f"{r.id}: {r.describe()}" for r in shadow.reqs.values() if r.state != "finished"]
+            left = [f"{r.id}: {r.describe()}" for r in shadow.reqs.values()
+                    if r.state not in ("finished", "aborted")]
             shadow.fail("liveness (no starvation, no deadlock)",
                         f"{shadow.unfinished} requests are still unfinished after {bound} steps "
                         f"(the bound: last arrival + 2 x sum(prompt_len + max_new_tokens) + 16; "
                         f"every request here fits the pool alone). Usual causes: blocks not returned "
-                        f"when a request finishes or is preempted; a prompt longer than the "
+                        f"when a request finishes, is preempted or is aborted; a prompt longer than the "
                         f"budget left that is never chunked; a request waiting for blocks that "
                         f"nobody frees.\n  " + "\n  ".join(left[:6]))
         out = sched.schedule()
         shadow.check_schedule(out)
+        abort("mid")
         shadow.check_update(sched.update(out))
 
 
 def W(requests: list[tuple[str, int, int, int]], *, seqs: int = 8, budget: int = 64,
-      blocks: int = 1000, block_size: int = 4, name: str) -> Workload:
-    return Workload(seqs, budget, blocks, block_size, requests, name)
+      blocks: int = 1000, block_size: int = 4, name: str,
+      aborts: list[tuple[str, int, str]] | None = None) -> Workload:
+    return Workload(seqs, budget, blocks, block_size, requests, name, list(aborts or []))
+
+
+def make_abort_workload(seed: int, flavor: str) -> Workload:
+    """make_workload(seed, flavor) plus aborts (Task 6): about 40% of the requests are aborted
+    at a step from their arrival to arrival + prompt_len + max_new_tokens (waiting, running,
+    preempted or finished by then), before a schedule() or mid-step; sometimes an id that was
+    never added, or the same id twice."""
+    w = make_workload(seed, flavor)
+    rng = random.Random(seed + 1)
+    for rid, arrival, prompt_len, max_new in w.requests:
+        if rng.random() < 0.4:
+            w.aborts.append((rid, arrival + rng.randint(0, prompt_len + max_new),
+                             rng.choice(["before", "mid"])))
+    if w.aborts and rng.random() < 0.3:
+        rid, step, _ = rng.choice(w.aborts)
+        w.aborts.append((rid, step + rng.randint(0, 3), rng.choice(["before", "mid"])))
+    if rng.random() < 0.3:
+        w.aborts.append(("never-added", rng.randint(0, 10), rng.choice(["before", "mid"])))
+    w.name = (f"seed={seed} flavor={flavor!r} with aborts (rebuild it: "
+              f"make_abort_workload({seed}, {flavor!r}))")
+    return w
 
 
 seeds = st.integers(0, 2 ** 32 - 1)
@@ -339,6 +384,103 @@ class TestTask5Simulator:
             f"  {sim.CHUNKED}\n"
             f"  Is a new request admitted as soon as the budget, a sequence slot and the blocks "
             f"allow, without waiting for the running ones to finish?")
+
+
+# ========================================================================================
+class TestTask6Abort:
+    """Optional: abort(request_id) drops a request at once (README, Task 6). Skips while the
+    Scheduler has no abort; the Shadow then checks the aborted request is never scheduled
+    nor returned by update, and liveness checks its blocks came back."""
+
+    @pytest.fixture(autouse=True)
+    def _needs_abort(self) -> None:
+        if not callable(getattr(m.Scheduler, "abort", None)):
+            pytest.skip("optional Task 6: Scheduler.abort not implemented")
+
+    def new(self, **kw: int) -> Any:
+        cfg = dict(max_num_seqs=4, max_num_batched_tokens=64, num_blocks=100, block_size=4)
+        cfg.update(kw)
+        return m.Scheduler(**cfg)
+
+    def test_unknown_ids_are_ignored(self) -> None:
+        s = self.new()
+        s.abort("never-added")
+        s.abort(12345)
+        assert s.has_unfinished() is False, (
+            "has_unfinished: abort('never-added') on an empty scheduler must change nothing, "
+            "but has_unfinished() is True")
+        out = s.schedule()
+        assert dict(out.num_tokens) == {} and list(out.preempted) == [], (
+            f"abort of an unknown id must change nothing: schedule() then runs "
+            f"num_tokens={out.num_tokens}, preempted={out.preempted}")
+
+    def test_abort_everything(self) -> None:
+        """Two running, one waiting for a sequence slot; all aborted after the first step."""
+        s = self.new(max_num_seqs=2)
+        for rid in ("a", "b", "c"):
+            s.add_request(rid, 3, 5)
+        s.update(s.schedule())
+        for rid in ("a", "b", "c"):
+            s.abort(rid)
+        assert s.has_unfinished() is False, (
+            "has_unfinished: every request was aborted (a and b running, c waiting for a "
+            "sequence slot, max_num_seqs=2), but has_unfinished() is True")
+        out = s.schedule()
+        assert dict(out.num_tokens) == {} and list(out.preempted) == [], (
+            f"an aborted request is never scheduled again: after aborting a, b and c, "
+            f"schedule() runs num_tokens={out.num_tokens}, preempted={out.preempted}")
+        assert list(s.update(out)) == [], "update() after aborting everything must finish nothing"
+
+    def test_abort_a_running_request_frees_its_blocks(self) -> None:
+        # a takes the whole pool (2 blocks of 4) at step 0; b waits for blocks until a goes.
+        drive(W([("a", 0, 6, 3), ("b", 0, 6, 3)], blocks=2, aborts=[("a", 1, "before")],
+                name="pool of 2 blocks of 4, a holds both; abort('a') before step 1: b needs "
+                     "the blocks a held"))
+
+    def test_abort_a_request_that_would_finish_this_step(self) -> None:
+        # a (prompt 3, max_new_tokens 2) emits its last token in step 1; it is aborted between
+        # that step's schedule() and update(): update must not return it, and b gets its blocks.
+        drive(W([("a", 0, 3, 2), ("b", 0, 5, 2)], blocks=2, block_size=3,
+                aborts=[("a", 1, "mid")],
+                name="abort('a') between schedule() and update() of the step that would finish it"))
+
+    def test_abort_between_schedule_and_update(self) -> None:
+        drive(W([("a", 0, 5, 6), ("b", 0, 5, 6), ("c", 1, 4, 3)], seqs=2, budget=6, blocks=4,
+                aborts=[("b", 1, "mid"), ("a", 3, "mid")],
+                name="budget 6, max_num_seqs 2, pool of 4 blocks of 4: b aborted mid-step 1 "
+                     "(mid-prefill), a mid-step 3"))
+
+    def test_abort_a_waiting_request(self) -> None:
+        # max_num_seqs 1: a runs, b and c wait; b is aborted before its turn, so c goes next.
+        shadow = drive(W([("a", 0, 2, 3), ("b", 0, 2, 3), ("c", 0, 2, 3)], seqs=1,
+                         aborts=[("b", 1, "before")],
+                         name="max_num_seqs 1: abort('b') while it waits behind a"))
+        assert shadow.reqs["b"].token_steps == [], (
+            f"an aborted request is never scheduled again: b was aborted while waiting, yet it "
+            f"emitted tokens at steps {shadow.reqs['b'].token_steps}")
+
+    def test_abort_twice_and_after_finishing(self) -> None:
+        # a finishes at step 1; aborting it at step 4 (and b again) must change nothing: no
+        # second release of b's blocks (the pool would then seem to hold more than 5).
+        drive(W([("a", 0, 2, 2), ("b", 0, 4, 4), ("c", 1, 4, 4), ("d", 2, 4, 4)], seqs=4,
+                blocks=5, block_size=2,
+                aborts=[("b", 2, "before"), ("b", 2, "before"), ("b", 3, "mid"), ("a", 4, "before")],
+                name="abort('b') three times, abort('a') after it finished; pool of 5 blocks of 2"))
+
+    @pytest.mark.parametrize("when", ["before", "mid"])
+    @pytest.mark.parametrize("step", range(9))
+    def test_abort_around_a_preemption(self, step: int, when: str) -> None:
+        # As TestTask3Preemption's recompute case: b is preempted after its first token and
+        # waits at the front; aborted at every step, whatever state it is in then.
+        drive(W([("a", 0, 2, 6), ("b", 0, 2, 6), ("c", 1, 2, 2)], budget=2, blocks=7, block_size=1,
+                aborts=[("b", step, when)],
+                name=f"budget 2, pool of 7 blocks of 1: b preempted after its first token; "
+                     f"abort('b') {'before' if when == 'before' else 'in the middle of'} step {step}"))
+
+    @settings(max_examples=max_examples(40))
+    @given(seed=seeds, flavor=st.sampled_from(FLAVORS))
+    def test_random_workloads_with_aborts(self, seed: int, flavor: str) -> None:
+        drive(make_abort_workload(seed, flavor))
 
 
 # Task 5's settings (README, Task 5): the first 400 requests of the shipped trace, all at
