@@ -710,8 +710,9 @@ class Engine:
 
     def _retire(self, req: _Request, scheduler_done: bool = False) -> None:
         """The request is over for its client: its KV goes to the prefix cache or back to the
-        pool now. Kata 10's scheduler has no way to drop a request early, so one that stopped
-        before max_tokens stays there as a ghost: it is scheduled (its tokens are skipped, not
+        pool now. A scheduler with kata 10's optional `abort` (Task 6) drops it at once; with
+        one that has none (abort is beyond kata 10's contract), a request that stopped before
+        max_tokens stays there as a ghost: it is scheduled (its tokens are skipped, not
         computed) until the scheduler finishes it."""
         req.done = True
         self.kv.finish(req.id, req.tokens[:req.cached + req.computed])
