@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 def _interpreting() -> bool:
@@ -136,59 +137,67 @@ def moe_forward(x: torch.Tensor, router_weight: torch.Tensor, w_gate: torch.Tens
 
 
 # ------------------------------------------------------------------------------ Task 6
-# Three kernels, a fixed number whatever E and T:
-#   1. _route_align_kernel (one program): softmax + top-k per token, then a counting sort of
-#      the T * top_k assignments by expert, entirely on the device. It writes `order` (sorted
-#      row -> flat index t * top_k + slot), the routing weights, and a tile table: tile u
-#      covers sorted rows [row_start[u], min(row_start[u] + BLOCK_M, row_end[u])) of expert
-#      tile_expert[u] (-1 for the unused tiles at the end of the fixed-size table).
-#   2. _gate_up_kernel: H[rows] = silu(x[tok] @ w_gate[e].T) * (x[tok] @ w_up[e].T) for every
+# A fixed number of launches whatever E and T:
+#   1. _route_topk_kernel (one program per block of tokens): softmax + top-k per token; the
+#      routing weights and each assignment's expert, and every expert's row count (atomics).
+#   2. _tile_table_kernel (one program): each expert's first sorted row (a scan of the counts)
+#      and a tile table: tile u covers sorted rows [row_start[u], min(row_start[u] + BLOCK_M,
+#      row_end[u])) of expert tile_expert[u] (-1 for the unused tiles at the end of the table).
+#   3. _scatter_kernel: each assignment takes the next free row of its expert (an atomic
+#      counter), writing `order` (sorted row -> flat index t * top_k + slot). The order of the
+#      rows within an expert varies run to run; no result depends on it (each row's dot
+#      products are the same wherever it sits in a tile).
+#   4. _gate_up_kernel: H[rows] = silu(x[tok] @ w_gate[e].T) * (x[tok] @ w_up[e].T) for every
 #      tile of every expert in one launch; the rows of x are gathered through `order`.
-#   3. _down_kernel: Y[flat] = weight * (H[rows] @ w_down[e].T), stored at each assignment's
+#   5. _down_kernel: Y[flat] = weight * (H[rows] @ w_down[e].T), stored at each assignment's
 #      flat index, so that out = Y.view(T, top_k, d).sum(1) (the unpermute) needs no index.
-# The grid of 2 and 3 is sized by an upper bound on the tile count, known on the host from
-# T, top_k and E alone: no .item(), no .tolist(), nothing that waits for the GPU.
+# The grids are sized by an upper bound on the tile count, known on the host from T, top_k and
+# E alone: no .item(), no .tolist(), nothing that waits for the GPU.
 
 
 @triton.jit
-def _route_align_kernel(Logits, Weights, Order, TileExpert, TileRow, TileEnd,
-                        T, E, stride_lt, stride_le, num_tiles,
-                        TOP_K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr):
+def _route_topk_kernel(Logits, Weights, Experts, Counts, T, E, stride_lt, stride_le,
+                       TOP_K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_e = tl.arange(0, E_PAD)
+    tmask = offs_t < T
     emask = offs_e < E
-    counts = tl.zeros([E_PAD], dtype=tl.int32)
-    # Pass 1: route every token, store its normalised weights, count each expert's rows.
-    for t0 in range(0, T, BLOCK_T):
-        offs_t = t0 + tl.arange(0, BLOCK_T)
-        tmask = offs_t < T
-        lmask = tmask[:, None] & emask[None, :]
-        logits = tl.load(Logits + offs_t[:, None] * stride_lt + offs_e[None, :] * stride_le,
-                         mask=lmask, other=float("-inf")).to(tl.float32)
-        row_max = tl.max(logits, axis=1)
-        row_max = tl.where(tmask, row_max, 0.0)
-        ex = tl.where(lmask, tl.exp(logits - row_max[:, None]), 0.0)
-        total = tl.sum(ex, axis=1)
-        probs = ex / tl.where(total > 0, total, 1.0)[:, None]
-        left = probs
-        chosen = tl.zeros([BLOCK_T, E_PAD], dtype=tl.int32)
-        top_sum = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for _ in tl.static_range(TOP_K):
-            best = tl.argmax(left, axis=1, tie_break_left=True)  # ties: the lower id
-            pick = offs_e[None, :] == best[:, None]
-            top_sum += tl.sum(tl.where(pick, left, 0.0), axis=1)
-            chosen += pick.to(tl.int32)
-            left = tl.where(pick, -1.0, left)
-        left = probs
-        for j in tl.static_range(TOP_K):  # the same picks again, now stored renormalised
-            best = tl.argmax(left, axis=1, tie_break_left=True)
-            pick = offs_e[None, :] == best[:, None]
-            w = tl.sum(tl.where(pick, left, 0.0), axis=1) / tl.where(top_sum > 0, top_sum, 1.0)
-            tl.store(Weights + offs_t * TOP_K + j, w, mask=tmask)
-            left = tl.where(pick, -1.0, left)
-        counts += tl.sum(tl.where(tmask[:, None], chosen, 0), axis=0)
-    # Each expert's first sorted row (an exclusive scan) and first tile.
-    offsets = tl.cumsum(counts, axis=0) - counts
+    lmask = tmask[:, None] & emask[None, :]
+    logits = tl.load(Logits + offs_t[:, None] * stride_lt + offs_e[None, :] * stride_le,
+                     mask=lmask, other=float("-inf")).to(tl.float32)
+    row_max = tl.where(tmask, tl.max(logits, axis=1), 0.0)
+    ex = tl.where(lmask, tl.exp(logits - row_max[:, None]), 0.0)
+    total = tl.sum(ex, axis=1)
+    probs = ex / tl.where(total > 0, total, 1.0)[:, None]
+    # top-k by repeated argmax (ties: the lower id); renormalise over the k picked
+    left = probs
+    top_sum = tl.zeros([BLOCK_T], dtype=tl.float32)
+    chosen = tl.zeros([BLOCK_T, E_PAD], dtype=tl.int32)
+    for _ in tl.static_range(TOP_K):
+        best = tl.argmax(left, axis=1, tie_break_left=True)
+        pick = offs_e[None, :] == best[:, None]
+        top_sum += tl.sum(tl.where(pick, left, 0.0), axis=1)
+        chosen += pick.to(tl.int32)
+        left = tl.where(pick, -1.0, left)
+    left = probs
+    for j in tl.static_range(TOP_K):  # the same picks again, now stored
+        best = tl.argmax(left, axis=1, tie_break_left=True)
+        pick = offs_e[None, :] == best[:, None]
+        w = tl.sum(tl.where(pick, left, 0.0), axis=1) / tl.where(top_sum > 0, top_sum, 1.0)
+        tl.store(Weights + offs_t * TOP_K + j, w, mask=tmask)
+        tl.store(Experts + offs_t * TOP_K + j, best.to(tl.int32), mask=tmask)
+        left = tl.where(pick, -1.0, left)
+    counts = tl.sum(tl.where(tmask[:, None], chosen, 0), axis=0)
+    tl.atomic_add(Counts + offs_e, counts, mask=emask)
+
+
+@triton.jit
+def _tile_table_kernel(Counts, Cursor, TileExpert, TileRow, TileEnd, E, num_tiles,
+                       E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_U: tl.constexpr):
+    offs_e = tl.arange(0, E_PAD)
+    counts = tl.load(Counts + offs_e, mask=offs_e < E, other=0)
+    offsets = tl.cumsum(counts, axis=0) - counts  # each expert's first sorted row
+    tl.store(Cursor + offs_e, offsets, mask=offs_e < E)
     tiles = (counts + BLOCK_M - 1) // BLOCK_M
     tiles_end = tl.cumsum(tiles, axis=0)
     tiles_start = tiles_end - tiles
@@ -201,42 +210,29 @@ def _route_align_kernel(Logits, Weights, Order, TileExpert, TileRow, TileEnd,
         cnt_e = tl.sum(tl.where(sel, counts[None, :], 0), axis=1)
         tstart_e = tl.sum(tl.where(sel, tiles_start[None, :], 0), axis=1)
         valid = e_of_u < E
-        row_start = off_e + (offs_u - tstart_e) * BLOCK_M
         umask = offs_u < num_tiles
         tl.store(TileExpert + offs_u, tl.where(valid, e_of_u, -1), mask=umask)
-        tl.store(TileRow + offs_u, tl.where(valid, row_start, 0), mask=umask)
+        tl.store(TileRow + offs_u, tl.where(valid, off_e + (offs_u - tstart_e) * BLOCK_M, 0), mask=umask)
         tl.store(TileEnd + offs_u, tl.where(valid, off_e + cnt_e, 0), mask=umask)
-    # Pass 2: each assignment's sorted row = its expert's offset + the tokens before it that
-    # chose the same expert (a token picks an expert at most once, so token order is enough).
-    seen = tl.zeros([E_PAD], dtype=tl.int32)
-    for t0 in range(0, T, BLOCK_T):
-        offs_t = t0 + tl.arange(0, BLOCK_T)
-        tmask = offs_t < T
-        lmask = tmask[:, None] & emask[None, :]
-        logits = tl.load(Logits + offs_t[:, None] * stride_lt + offs_e[None, :] * stride_le,
-                         mask=lmask, other=float("-inf")).to(tl.float32)
-        row_max = tl.max(logits, axis=1)
-        row_max = tl.where(tmask, row_max, 0.0)
-        ex = tl.where(lmask, tl.exp(logits - row_max[:, None]), 0.0)
-        total = tl.sum(ex, axis=1)
-        left = ex / tl.where(total > 0, total, 1.0)[:, None]
-        chosen = tl.zeros([BLOCK_T, E_PAD], dtype=tl.int32)
-        for _ in tl.static_range(TOP_K):
-            best = tl.argmax(left, axis=1, tie_break_left=True)
-            pick = offs_e[None, :] == best[:, None]
-            chosen += pick.to(tl.int32)
-            left = tl.where(pick, -1.0, left)
-        chosen = tl.where(tmask[:, None], chosen, 0)
-        before = tl.cumsum(chosen, axis=0) - chosen  # earlier tokens of this block, per expert
-        row_of = offsets[None, :] + seen[None, :] + before
-        left = ex / tl.where(total > 0, total, 1.0)[:, None]
-        for j in tl.static_range(TOP_K):
-            best = tl.argmax(left, axis=1, tie_break_left=True)
-            pick = offs_e[None, :] == best[:, None]
-            row = tl.sum(tl.where(pick, row_of, 0), axis=1)
-            tl.store(Order + row, offs_t * TOP_K + j, mask=tmask)
-            left = tl.where(pick, -1.0, left)
-        seen += tl.sum(chosen, axis=0)
+
+
+@triton.jit
+def _scatter_kernel(Experts, Cursor, Order, n_rows, BLOCK: tl.constexpr):
+    flat = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = flat < n_rows
+    e = tl.load(Experts + flat, mask=mask, other=0)
+    row = tl.atomic_add(Cursor + e, 1, mask=mask)  # the old value: this assignment's row
+    tl.store(Order + row, flat, mask=mask)
+
+
+@triton.jit
+def _tile_of(pid, N, num_tiles, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program -> (tile, column block), GROUP_M tiles at a time down each column block, so that
+    programs running together share weight columns (and x rows) through the L2."""
+    in_group = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // in_group) * GROUP_M
+    size_m = tl.minimum(num_tiles - first_m, GROUP_M)
+    return first_m + (pid % in_group) % size_m, (pid % in_group) // size_m
 
 
 @triton.jit
@@ -249,14 +245,7 @@ def _gate_up_kernel(X, Order, TileExpert, TileRow, TileEnd, Wg, Wu, H,
                     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
                     TO_F32: tl.constexpr, PRECISION: tl.constexpr):
-    # Program -> (tile, column block), GROUP_M tiles at a time down each column block, so that
-    # programs running together share weight columns (and x rows) through the L2.
-    pid = tl.program_id(0)
-    in_group = GROUP_M * ((N + BLOCK_N - 1) // BLOCK_N)
-    first_m = (pid // in_group) * GROUP_M
-    size_m = tl.minimum(num_tiles - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % size_m
-    pid_n = (pid % in_group) // size_m
+    pid_m, pid_n = _tile_of(tl.program_id(0), N, num_tiles, BLOCK_N, GROUP_M)
     e = tl.load(TileExpert + pid_m)
     if e < 0:  # past the last tile of the last expert: nothing to do
         return
@@ -303,12 +292,7 @@ def _down_kernel(Hs, Order, Weights, TileExpert, TileRow, TileEnd, Wd, Y,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
                  TO_F32: tl.constexpr, PRECISION: tl.constexpr):
-    pid = tl.program_id(0)  # the same grouped order as _gate_up_kernel
-    in_group = GROUP_M * ((N + BLOCK_N - 1) // BLOCK_N)
-    first_m = (pid // in_group) * GROUP_M
-    size_m = tl.minimum(num_tiles - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % size_m
-    pid_n = (pid % in_group) // size_m
+    pid_m, pid_n = _tile_of(tl.program_id(0), N, num_tiles, BLOCK_N, GROUP_M)
     e = tl.load(TileExpert + pid_m)
     if e < 0:
         return
@@ -341,6 +325,61 @@ def _down_kernel(Hs, Order, Weights, TileExpert, TileRow, TileEnd, Wd, Y,
     tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
 
 
+# Prefill on Hopper and later: the same two products with every operand loaded by the tensor
+# memory accelerator (TMA) through tensor descriptors. x is first gathered into expert order
+# (one contiguous copy, about 1% of the time at T = 8192), so a tile's rows are a contiguous
+# range and need no per-row pointers; the copy engine then feeds the tensor cores without
+# any address arithmetic in the loop (0.67x -> 0.72-0.78x the dense matmul rate on an H200).
+# A tile past its expert's rows reads the next expert's (or TMA's zero fill): computed, never stored.
+@triton.jit
+def _gate_up_tma_kernel(xs_desc, wg_desc, wu_desc, H, TileExpert, TileRow, TileEnd, N, K, num_tiles,
+                        stride_hm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_of(tl.program_id(0), N, num_tiles, BLOCK_N, GROUP_M)
+    e = tl.load(TileExpert + pid_m)
+    if e < 0:
+        return
+    row0 = tl.load(TileRow + pid_m)
+    n0 = pid_n * BLOCK_N
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = xs_desc.load([row0, k0])  # (BLOCK_M, BLOCK_K) rows of x in expert order
+        g = wg_desc.load([e * N + n0, k0])  # (BLOCK_N, BLOCK_K) of w_gate viewed (E * d_ff, d)
+        u = wu_desc.load([e * N + n0, k0])
+        acc_g = tl.dot(a, g.T, acc_g)
+        acc_u = tl.dot(a, u.T, acc_u)
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # silu(gate) * up
+    rows = row0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    tl.store(H + rows.to(tl.int64)[:, None] * stride_hm + offs_n[None, :], h.to(H.dtype.element_ty),
+             mask=(rows < tl.load(TileEnd + pid_m))[:, None] & (offs_n < N)[None, :])
+
+
+@triton.jit
+def _down_tma_kernel(h_desc, wd_desc, Order, Weights, TileExpert, TileRow, TileEnd, Y, N, K, num_tiles,
+                     stride_ym, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_of(tl.program_id(0), N, num_tiles, BLOCK_N, GROUP_M)
+    e = tl.load(TileExpert + pid_m)
+    if e < 0:
+        return
+    row0 = tl.load(TileRow + pid_m)
+    n0 = pid_n * BLOCK_N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = h_desc.load([row0, k0])
+        b = wd_desc.load([e * N + n0, k0])  # w_down viewed (E * d, d_ff)
+        acc = tl.dot(a, b.T, acc)
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < tl.load(TileEnd + pid_m)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    flat = tl.load(Order + rows, mask=rmask, other=0)
+    w = tl.load(Weights + flat, mask=rmask, other=0.0)
+    tl.store(Y + flat.to(tl.int64)[:, None] * stride_ym + offs_n[None, :], (acc * w[:, None]).to(Y.dtype.element_ty),
+             mask=rmask[:, None] & (offs_n < N)[None, :])
+
+
 # Tile sizes by the average rows per expert (T * top_k / E), chosen on the host from shapes
 # only. Few rows (decode): the matmuls are weight reads; narrow column blocks give enough
 # programs to fill every SM several times over, wide K blocks keep many bytes in flight.
@@ -354,6 +393,16 @@ _CONFIGS = [
 ]
 _INTERPRETER_CONFIG = (16, (32, 32, 1, 1), (32, 32, 1, 1))  # small tiles: several per test
 GROUP_M = 8
+# The TMA path (prefill, Hopper+): gate/up (BLOCK_N, BLOCK_K, warps, stages, GROUP_M), down (same);
+# the best of a sweep on an H200 (scripts/moe_tma_variant.py): 649 and 699 TFLOP/s at T = 8192.
+_TMA_CONFIG = ((128, 64, 8, 3, 8), (256, 64, 8, 4, 16))
+
+
+def _tma_ok(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """TMA needs a Hopper-or-later GPU, 16-bit data, contiguous weights and 16-byte-aligned rows."""
+    return (not _interpreting() and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+            and x.dtype in (torch.float16, torch.bfloat16) and x.shape[1] % 8 == 0
+            and all(w.is_contiguous() and w.dtype == x.dtype and w.shape[-1] % 8 == 0 for w in weights))
 
 
 def _config(rows_per_expert: float):
@@ -367,8 +416,8 @@ def _config(rows_per_expert: float):
 
 def moe_forward_triton(x: torch.Tensor, router_weight: torch.Tensor, w_gate: torch.Tensor,
                        w_up: torch.Tensor, w_down: torch.Tensor, top_k: int) -> torch.Tensor:
-    """moe_forward with the routing and the expert MLPs in Triton: 3 launches whatever E, and
-    no host synchronisation (CUDA-graph capturable)."""
+    """moe_forward with the routing and the expert MLPs in Triton: a fixed number of launches
+    whatever E, and no host synchronisation (CUDA-graph capturable)."""
     _check_block(x, router_weight, w_gate, w_up, w_down, top_k)
     T, d = x.shape
     E, d_ff, _ = w_gate.shape
@@ -387,18 +436,37 @@ def moe_forward_triton(x: torch.Tensor, router_weight: torch.Tensor, w_gate: tor
     tile_end = torch.empty(num_tiles, dtype=torch.int32, device=dev)
     if T > 0:
         e_pad = triton.next_power_of_2(E)
-        block_t = max(1, min(triton.next_power_of_2(T), 4096 // e_pad))
-        _route_align_kernel[(1,)](
-            logits, weights, order, tile_expert, tile_row, tile_end,
-            T, E, logits.stride(0), logits.stride(1), num_tiles,
-            TOP_K=top_k, E_PAD=e_pad, BLOCK_T=block_t, BLOCK_M=block_m,
-            BLOCK_U=min(triton.next_power_of_2(num_tiles), 1024), num_warps=4)
+        block_t = max(1, min(triton.next_power_of_2(T), 2048 // e_pad, 64))
+        experts = torch.empty(n_rows, dtype=torch.int32, device=dev)
+        counts = torch.zeros(e_pad, dtype=torch.int32, device=dev)
+        cursor = torch.empty(e_pad, dtype=torch.int32, device=dev)
+        _route_topk_kernel[(triton.cdiv(T, block_t),)](
+            logits, weights, experts, counts, T, E, logits.stride(0), logits.stride(1),
+            TOP_K=top_k, E_PAD=e_pad, BLOCK_T=block_t, num_warps=4)
+        _tile_table_kernel[(1,)](counts, cursor, tile_expert, tile_row, tile_end, E, num_tiles,
+                                 E_PAD=e_pad, BLOCK_M=block_m,
+                                 BLOCK_U=min(triton.next_power_of_2(num_tiles), 1024), num_warps=4)
+        _scatter_kernel[(triton.cdiv(n_rows, 1024),)](experts, cursor, order, n_rows, BLOCK=1024, num_warps=4)
 
     to_f32 = _interpreting()
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 inputs: no TF32 rounding
     h = torch.empty(n_rows, d_ff, dtype=x.dtype, device=dev)
     y = torch.empty(n_rows, d, dtype=x.dtype, device=dev)
-    if n_rows > 0:
+    if n_rows > 0 and block_m == 128 and _tma_ok(x, w_gate, w_up, w_down):
+        xs = x[(order // top_k).long()]  # (n_rows, d): x in expert order, contiguous
+        (bn1, bk1, w1, s1, gm1), (bn2, bk2, w2, s2, gm2) = _TMA_CONFIG
+        _gate_up_tma_kernel[(num_tiles * triton.cdiv(d_ff, bn1),)](
+            TensorDescriptor.from_tensor(xs, [block_m, bk1]),
+            TensorDescriptor.from_tensor(w_gate.view(E * d_ff, d), [bn1, bk1]),
+            TensorDescriptor.from_tensor(w_up.view(E * d_ff, d), [bn1, bk1]),
+            h, tile_expert, tile_row, tile_end, d_ff, d, num_tiles, h.stride(0),
+            BLOCK_M=block_m, BLOCK_N=bn1, BLOCK_K=bk1, GROUP_M=gm1, num_warps=w1, num_stages=s1)
+        _down_tma_kernel[(num_tiles * triton.cdiv(d, bn2),)](
+            TensorDescriptor.from_tensor(h, [block_m, bk2]),
+            TensorDescriptor.from_tensor(w_down.view(E * d, d_ff), [bn2, bk2]),
+            order, weights, tile_expert, tile_row, tile_end, y, d, d_ff, num_tiles, y.stride(0),
+            BLOCK_M=block_m, BLOCK_N=bn2, BLOCK_K=bk2, GROUP_M=gm2, num_warps=w2, num_stages=s2)
+    elif n_rows > 0:
         _gate_up_kernel[(num_tiles * triton.cdiv(d_ff, bn1),)](
             x, order, tile_expert, tile_row, tile_end, w_gate, w_up, h,
             d_ff, d, num_tiles,

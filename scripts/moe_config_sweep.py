@@ -32,7 +32,14 @@ CANDIDATES = [
 ]
 
 
+# The TMA path's (gate/up, down) configs: (BLOCK_N, BLOCK_K, warps, stages, GROUP_M)
+TMA_CANDIDATES = [((bn1, 64, 8, s1, g1), (256, 64, 8, s2, 16))
+                  for bn1 in (128,) for s1 in (3, 4) for g1 in (8, 16) for s2 in (3, 4)]
+
+
 def main() -> None:
+    if "--tma" in sys.argv:
+        return main_tma([int(a) for a in sys.argv[1:] if a != "--tma"] or [4096, 8192])
     tokens = [int(a) for a in sys.argv[1:]] or [4096, 8192]
     peaks = measure_device_peaks()
     d, d_ff, E, k = 4096, 14336, 8, 2
@@ -54,6 +61,26 @@ def main() -> None:
             tf = flops / ms / 1e9
             print(f"T={T} {cand}: {ms:.3f} ms {tf:.0f} TFLOP/s {tf * 1e12 / peaks.matmul_flops_per_s:.2f}x matmul")
     ref._config = original
+
+
+def main_tma(tokens: list[int]) -> None:
+    peaks = measure_device_peaks()
+    d, d_ff, E, k = 4096, 14336, 8, 2
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda *s: (torch.randn(*s, device="cuda", generator=g) * 0.02).to(torch.bfloat16)  # noqa: E731
+    wr, wg, wu, wd = mk(E, d), mk(E, d_ff, d), mk(E, d_ff, d), mk(E, d, d_ff)
+    print(f"GPU {peaks.name}: matmul {peaks.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
+    original = ref._TMA_CONFIG
+    for T in tokens:
+        x = mk(T, d)
+        flops = 2 * T * k * 3 * d * d_ff
+        for cand in TMA_CANDIDATES:
+            ref._TMA_CONFIG = cand
+            ms = cuda_median_ms(lambda: ref.moe_forward_triton(x, wr, wg, wu, wd, k), warmup=3, rep=10)
+            tf = flops / ms / 1e9
+            print(f"T={T} TMA {cand}: {ms:.3f} ms {tf:.0f} TFLOP/s {tf * 1e12 / peaks.matmul_flops_per_s:.3f}x matmul",
+                  flush=True)
+    ref._TMA_CONFIG = original
 
 
 if __name__ == "__main__":
