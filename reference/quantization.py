@@ -15,6 +15,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 # -- Tasks 1-3: quantize / dequantize --------------------------------------------------------
@@ -199,6 +200,97 @@ def _w4a16_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
 
 
+# -- The Hopper path: both operands through TMA ----------------------------------------------
+# Measured on an H200: _w4a16_kernel's weight loads are pointer loads whose bytes must be
+# re-laid-out for the tensor cores, and Triton does not pipeline those (one memory latency per
+# K block: ~1 TB/s of int4). Loads through tensor descriptors (TMA) are pipelined whatever
+# their consumer. So on Hopper-class GPUs (and under the interpreter, to test it on CPU) x is
+# first split into its even and odd columns, with each group's sum of x (one tiny kernel), and
+# the main kernel streams packed bytes and x tiles with TMA: 1.1-1.5x cuBLAS instead of 1.0-1.4x.
+@triton.jit
+def _split_x_kernel(x_ptr, xeo_ptr, xsum_ptr, M, K, stride_xm, stride_xk, GS: tl.constexpr):
+    """x (M, K) -> xeo (2, M, K/2), its even columns then its odd ones (the columns of the low
+    and the high nibbles), and xsum (M, K/GS) float32, the sum of each group. Program (m, g)."""
+    m = tl.program_id(0)
+    g = tl.program_id(1)
+    HALF: tl.constexpr = GS // 2
+    j = tl.arange(0, HALF)
+    xe = tl.load(x_ptr + m * stride_xm + (g * GS + 2 * j) * stride_xk)
+    xo = tl.load(x_ptr + m * stride_xm + (g * GS + 2 * j + 1) * stride_xk)
+    tl.store(xeo_ptr + m * (K // 2) + g * HALF + j, xe)
+    tl.store(xeo_ptr + (M + m) * (K // 2) + g * HALF + j, xo)
+    tl.store(xsum_ptr + m * (K // GS) + g, tl.sum(xe.to(tl.float32), axis=0) + tl.sum(xo.to(tl.float32), axis=0))
+
+
+@triton.jit
+def _w4a16_tma_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, groups_per_split,
+                      stride_sn, stride_sg, stride_zn, stride_zg, stride_os, stride_om, stride_on,
+                      GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr):
+    """One program: BLOCK_N output features x BLOCK_M rows of x over one split of K, one group
+    per step. The dot never needs the nibbles back in column order: the low nibbles (columns
+    2j) meet x's even columns, the high ones x's odd columns, in two dots into one accumulator;
+    scale and zero come once per group: sum_k x (c - z) s = s * (sum_k x c - z * sum_k x)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = GS // 2
+    G = K // GS
+    n0 = pid_n * BLOCK_N
+    m0 = pid_m * BLOCK_M
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    rows_n = tl.minimum(offs_n, N - 1)  # past N / M: read the last row again, store nothing
+    rows_m = tl.minimum(offs_m, M - 1)
+    if F32:  # the interpreter: float32 throughout
+        OFFSET: tl.constexpr = 0.0
+    else:  # a code as OFFSET + code in x's dtype by bits alone (see _w4a16_kernel)
+        dt = xeo_desc.dtype
+        if dt == tl.bfloat16:
+            MAGIC: tl.constexpr = 0x4300
+            OFFSET: tl.constexpr = 128.0
+        else:
+            MAGIC: tl.constexpr = 0x6400
+            OFFSET: tl.constexpr = 1024.0
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    g0 = pid_s * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, G)
+    s = tl.load(s_ptr + rows_n * stride_sn + g0 * stride_sg)
+    z = tl.load(z_ptr + rows_n * stride_zn + g0 * stride_zg)
+    xs = tl.load(xsum_ptr + rows_m[None, :] * G + g0)  # (1, BLOCK_M): sum_k x over the group
+    for g in range(g0, g1):
+        pk = p_desc.load([n0, g * HALF])  # (BLOCK_N, HALF) packed bytes; rows past N read as 0
+        xe = tl.reshape(xeo_desc.load([0, m0, g * HALF]), (BLOCK_M, HALF))  # rows past M: 0
+        xo = tl.reshape(xeo_desc.load([1, m0, g * HALF]), (BLOCK_M, HALF))
+        if F32:
+            lo = (pk & 0xF).to(tl.float32)
+            hi = (pk >> 4).to(tl.float32)
+            xe = xe.to(tl.float32)
+            xo = xo.to(tl.float32)
+        else:
+            p16 = pk.to(tl.int16)
+            lo = ((p16 & 0xF) | MAGIC).to(dt, bitcast=True)
+            hi = ((p16 >> 4) | MAGIC).to(dt, bitcast=True)
+        part = tl.dot(lo, tl.trans(xe))
+        part = tl.dot(hi, tl.trans(xo), part)  # (BLOCK_N, BLOCK_M): sum_k (OFFSET + c) x
+        nxt = tl.minimum(g + 1, g1 - 1)  # the next group's scale, zero and x sum, a step early
+        s_next = tl.load(s_ptr + rows_n * stride_sn + nxt * stride_sg)
+        z_next = tl.load(z_ptr + rows_n * stride_zn + nxt * stride_zg)
+        xs_next = tl.load(xsum_ptr + rows_m[None, :] * G + nxt)
+        acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs)
+        s, z, xs = s_next, z_next, xs_next
+    tl.store(out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on,
+             acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
+
+
+def _tma_ok(x: torch.Tensor, packed: torch.Tensor, gs: int) -> bool:
+    """The TMA path needs a Hopper-class GPU (or the interpreter), a group of 32..256 columns
+    (a power of two) and a packed weight whose rows are contiguous and 16-byte aligned."""
+    if not (_INTERPRET or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9)):
+        return False
+    return (gs in (32, 64, 128, 256) and packed.stride(1) == 1 and packed.stride(0) % 16 == 0
+            and packed.data_ptr() % 16 == 0)
+
+
 @triton.jit
 def _sum_splits_kernel(ws_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
     """out[i] = sum over the splits of the float32 partials ws[s, i], cast to out's dtype."""
@@ -231,11 +323,7 @@ def _config(M: int, N: int, K: int, gs: int, sms: int) -> dict:
         bk = 64
     bm = 16 if M <= 16 else 32 if M <= 32 else 64
     bn = 64
-    tiles = triton.cdiv(N, bn) * triton.cdiv(M, bm)
-    k_blocks = triton.cdiv(K, bk)
-    split = max(1, min(triton.cdiv(4 * sms, tiles), k_blocks, 16))
-    per_split = triton.cdiv(k_blocks, split)
-    split = triton.cdiv(k_blocks, per_split)  # no empty splits
+    split, per_split = _splits(triton.cdiv(K, bk), triton.cdiv(N, bn) * triton.cdiv(M, bm), sms)
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_PER_BLOCK=per_block,
                 num_warps=4, split=split, per_split=per_split)
 
@@ -259,6 +347,8 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return out
+    if _tma_ok(x, packed, gs):
+        return _w4a16_tma(x, packed, scales, zeros, gs, out)
     cfg = _config(M, N, K, gs, _sm_count(x.device))
     split, per_split = cfg.pop("split"), cfg.pop("per_split")
     warps = cfg.pop("num_warps")
@@ -280,4 +370,35 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
         numel = M * N
         block = 1024
         _sum_splits_kernel[(triton.cdiv(numel, block),)](target, out, numel, SPLITS=split, BLOCK=block)
+    return out
+
+
+def _splits(k_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
+    """(splits, K blocks per split): split K until the grid has about four programs per SM."""
+    split = max(1, min(triton.cdiv(4 * sms, tiles), k_blocks, 16))
+    per_split = triton.cdiv(k_blocks, split)
+    return triton.cdiv(k_blocks, per_split), per_split  # no empty splits
+
+
+def _w4a16_tma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               gs: int, out: torch.Tensor) -> torch.Tensor:
+    M, K = x.shape
+    N = packed.shape[0]
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64
+    bn = 16 if _INTERPRET else 64
+    stages = 1 if _INTERPRET else 4 if M <= 16 else 3
+    split, per_split = _splits(K // gs, triton.cdiv(N, bn) * triton.cdiv(M, bm), _sm_count(x.device))
+    xeo = torch.empty((2, M, K // 2), device=x.device, dtype=x.dtype)
+    xsum = torch.empty((M, K // gs), device=x.device, dtype=torch.float32)
+    _split_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), x.stride(1), GS=gs)
+    target = out if split == 1 else torch.empty((split, M, N), device=x.device, dtype=torch.float32)
+    _w4a16_tma_kernel[(triton.cdiv(N, bn), split, triton.cdiv(M, bm))](
+        TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
+        xsum, scales, zeros, target, M, N, K, per_split,
+        scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1),
+        0 if split == 1 else target.stride(0), target.stride(-2), target.stride(-1),
+        GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=_INTERPRET, num_warps=4, num_stages=stages)
+    if split > 1:
+        numel = M * N
+        _sum_splits_kernel[(triton.cdiv(numel, 1024),)](target, out, numel, SPLITS=split, BLOCK=1024)
     return out

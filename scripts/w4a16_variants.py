@@ -207,6 +207,81 @@ def _tma_kernel(x_desc, p_desc, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split
 
 
 @triton.jit
+def _prep_x_kernel(x_ptr, xeo_ptr, xsum_ptr, M, K, stride_xm, GS: tl.constexpr):
+    """x (M, K) -> x_eo (2, M, K/2): even columns, then odd ones; and xsum (M, K/GS) float32,
+    the sum of each group of x. One program per (row, group)."""
+    m = tl.program_id(0)
+    g = tl.program_id(1)
+    HALF: tl.constexpr = GS // 2
+    offs = tl.arange(0, HALF)
+    xe = tl.load(x_ptr + m * stride_xm + g * GS + 2 * offs)
+    xo = tl.load(x_ptr + m * stride_xm + g * GS + 2 * offs + 1)
+    tl.store(xeo_ptr + m * (K // 2) + g * HALF + offs, xe)
+    tl.store(xeo_ptr + (M + m) * (K // 2) + g * HALF + offs, xo)
+    tl.store(xsum_ptr + m * (K // GS) + g, tl.sum(xe.to(tl.float32), axis=0) + tl.sum(xo.to(tl.float32), axis=0))
+
+
+@triton.jit
+def _tma2_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
+                 stride_sn, stride_zn, stride_os, stride_om,
+                 GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr):
+    """_tma_kernel with x split into even and odd columns beforehand (and each group's sum of x
+    precomputed): x's tiles go from TMA to the tensor cores without passing through registers."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = GS // 2
+    G = K // GS
+    n0 = pid_n * BLOCK_N
+    m0 = pid_m * BLOCK_M
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    rows_n = tl.minimum(offs_n, N - 1)
+    rows_m = tl.minimum(offs_m, M - 1)
+    if F32:
+        OFFSET: tl.constexpr = 0.0
+    else:
+        dt = xeo_desc.dtype
+        if dt == tl.bfloat16:
+            MAGIC_BITS: tl.constexpr = 0x4300
+            OFFSET: tl.constexpr = 128.0
+        else:
+            MAGIC_BITS: tl.constexpr = 0x6400
+            OFFSET: tl.constexpr = 1024.0
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    g0 = pid_s * blocks_per_split
+    g1 = tl.minimum(g0 + blocks_per_split, G)
+    s = tl.load(s_ptr + rows_n * stride_sn + g0)
+    z = tl.load(z_ptr + rows_n * stride_zn + g0)
+    xs = tl.load(xsum_ptr + rows_m * G + g0)
+    for g in range(g0, g1):
+        pk = p_desc.load([n0, g * HALF])  # (BLOCK_N, HALF) uint8
+        xe = tl.reshape(xeo_desc.load([0, m0, g * HALF]), (BLOCK_M, HALF))  # rows past M: zeros
+        xo = tl.reshape(xeo_desc.load([1, m0, g * HALF]), (BLOCK_M, HALF))
+        if F32:
+            lo = (pk & 0xF).to(tl.float32)
+            hi = (pk >> 4).to(tl.float32)
+            xe = xe.to(tl.float32)
+            xo = xo.to(tl.float32)
+        else:
+            p16 = pk.to(tl.int16)
+            lo = ((p16 & 0xF) | MAGIC_BITS).to(dt, bitcast=True)
+            hi = ((p16 >> 4) | MAGIC_BITS).to(dt, bitcast=True)
+        part = tl.dot(lo, tl.trans(xe))
+        part = tl.dot(hi, tl.trans(xo), part)  # (BLOCK_N, BLOCK_M)
+        nxt = tl.minimum(g + 1, g1 - 1)  # the next group's scale, zero and x sum, a group early
+        s_next = tl.load(s_ptr + rows_n * stride_sn + nxt)
+        z_next = tl.load(z_ptr + rows_n * stride_zn + nxt)
+        xs_next = tl.load(xsum_ptr + rows_m * G + nxt)
+        acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs[None, :])
+        s = s_next
+        z = z_next
+        xs = xs_next
+    tl.store(out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None],
+             acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
                  stride_xm, stride_pn, stride_sn, stride_zn, stride_os, stride_om,
                  GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -265,7 +340,17 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
     stride_os = 0 if split == 1 else target.stride(0)
     args = (x, packed, scales, zeros, target, M, N, K, per, x.stride(0), packed.stride(0),
             scales.stride(0), zeros.stride(0), stride_os, target.stride(-2))
-    if kind == "tma":
+    if kind == "tma2":
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        xeo = torch.empty(2, M, K // 2, device=x.device, dtype=x.dtype)
+        xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
+        _prep_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), GS=gs)
+        _tma2_kernel[(triton.cdiv(N, bn), split, m_tiles)](
+            TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
+            xsum, scales, zeros, target, M, N, K, per, scales.stride(0), zeros.stride(0), stride_os,
+            target.stride(-2), GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=interp, num_warps=warps, num_stages=stages)
+    elif kind == "tma":
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         x_desc = TensorDescriptor.from_tensor(x, [bm, gs])
@@ -302,7 +387,7 @@ def check(device: str) -> None:
     ref = _load_ref()
     for M, N, K, kind in [(1, 40, 256, "tc"), (3, 72, 512, "tc"), (17, 64, 256, "tc"), (1, 40, 256, "gemv"),
                           (3, 72, 512, "gemv"), (1, 40, 640, "tcp"), (17, 64, 384, "tcp"),
-                          (1, 40, 640, "tma"), (17, 72, 384, "tma")]:
+                          (1, 40, 640, "tma"), (17, 72, 384, "tma"), (1, 40, 640, "tma2"), (17, 72, 384, "tma2")]:
         g = torch.Generator().manual_seed(M * 7 + N)
         xdt = torch.float16 if kind == "tcp" and device == "cpu" else torch.bfloat16  # the interpreter and bf16
         x = torch.randn(M, K, generator=g).to(xdt).to(device)
@@ -439,9 +524,11 @@ def main() -> None:
         t_cublas = cuda_median_ms(lambda: torch.nn.functional.linear(x, w), rep=30)
         t_ref = cuda_median_ms(lambda: ref.w4a16_matmul(x, packed, scales, zeros, 128), rep=30)
         best: dict[str, tuple] = {}
-        kinds = ["tma"] if "--tma" in sys.argv else ["tcp"] if "--tcp" in sys.argv else ["tc", "tc_magic"] + (["gemv"] if M <= 4 else [])
+        kinds = ["tma2"] if "--tma2" in sys.argv else ["tma"] if "--tma" in sys.argv else ["tcp"] if "--tcp" in sys.argv else ["tc", "tc_magic"] + (["gemv"] if M <= 4 else [])
         for kind in kinds:
-            if kind == "tma":
+            if kind == "tma2":
+                grid = itertools.product((32, 64, 128), (4, 8), (3, 4, 6), (2, 4, 8))
+            elif kind == "tma":
                 grid = itertools.product((32, 64, 128), (4, 8), (2, 3, 4, 6), (2, 4))
             elif kind == "tcp":
                 grid = itertools.product((32, 64, 128), (4, 8), (1,), (1, 2, 4, 8))

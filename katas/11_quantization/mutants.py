@@ -59,7 +59,7 @@ MUTANTS: list[Mutant] = [
     Mutant("kernel_zero_not_subtracted",
            "the kernel multiplies the raw codes by the scale, forgetting the zero point",
            "acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs)",
-           "acc += s[:, None] * (part - OFFSET * xs)"),
+           "acc += s[:, None] * (part - OFFSET * xs)", count=2),
     Mutant("kernel_group_from_row",
            "the kernel takes the group index from the K block's index over the whole K "
            "(col // K): every block reads group 0",
@@ -82,7 +82,17 @@ MUTANTS: list[Mutant] = [
     Mutant("kernel_scales_assumed_contiguous",
            "the kernel indexes scales and zeros as contiguous (n_groups, 1) instead of by their strides",
            "scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1)",
-           "scales.shape[1], 1, zeros.shape[1], 1"),
+           "scales.shape[1], 1, zeros.shape[1], 1", count=2),
+    Mutant("kernel_split_uses_first_group_scale",
+           "every group of a K split is scaled by the split's first group's scale and zero",
+           "s_next = tl.load(s_ptr + rows_n * stride_sn + nxt * stride_sg)\n"
+           "        z_next = tl.load(z_ptr + rows_n * stride_zn + nxt * stride_zg)",
+           "s_next = tl.load(s_ptr + rows_n * stride_sn + g0 * stride_sg)\n"
+           "        z_next = tl.load(z_ptr + rows_n * stride_zn + g0 * stride_zg)"),
+    Mutant("kernel_x_halves_swapped",
+           "the low nibbles (columns 2j) meet x's odd columns and the high ones the even columns",
+           "part = tl.dot(lo, tl.trans(xe))\n        part = tl.dot(hi, tl.trans(xo), part)",
+           "part = tl.dot(lo, tl.trans(xo))\n        part = tl.dot(hi, tl.trans(xe), part)"),
     Mutant("kernel_one_row_tile",
            "a shortcut: the grid has one program along M, right only while M fits one BLOCK_M tile",
            'grid = (triton.cdiv(N, cfg["BLOCK_N"]), split, triton.cdiv(M, cfg["BLOCK_M"]))',

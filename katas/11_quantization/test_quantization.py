@@ -629,6 +629,15 @@ class TestTask5W4A16Matmul:
         check_matmul(run_matmul(device, x, codes, scales, zeros, 32, call), x, codes, scales, zeros, 32,
                      call, dict(M=8, N=40, K=256, seed=60), "column k uses scales[n, k // group_size]")
 
+    def test_groups_longer_than_a_k_block(self, device):
+        """group_size 512 over K = 1024, scales 1e-3 and 1: a group spans several of a kernel's
+        K blocks (the scale must follow the column, not the block or the split)."""
+        x, codes, scales, zeros = make_matmul_case(61, 3, 24, 1024, 512, torch.float16)
+        scales = torch.tensor([1e-3, 1.0]).repeat(24, 1)
+        call = "w4a16_matmul(x (3, 1024) float16, W (24, 1024), group_size=512, scales 1e-3 / 1)"
+        check_matmul(run_matmul(device, x, codes, scales, zeros, 512, call), x, codes, scales, zeros, 512,
+                     call, dict(M=3, N=24, K=1024, seed=61), "column k uses scales[n, k // group_size]")
+
     @pytest.mark.parametrize("M", [1, 4, 16, 64])
     def test_long_k(self, device, M):
         """K = 1024 in groups of 128: many K blocks (and split-K, if the kernel splits)."""
