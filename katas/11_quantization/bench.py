@@ -44,7 +44,7 @@ def main() -> int:
     g = args.group
     print(f"implementation: {args.impl}, group {g}, bf16 activations\n")
     head = (f"| {'N x K':<12} | {'M':>3} | {'w4a16 ms':>8} | {'TB/s':>5} | {'of copy':>7} | "
-            f"{'cuBLAS ms':>9} | {'TB/s':>5} | {'of copy':>7} | {'speedup':>7} | config")
+            f"{'cuBLAS ms':>9} | {'TB/s':>5} | {'of copy':>7} | {'speedup':>7}")
     print(head)
     print("|" + "|".join("-" * len(c) for c in head.split("|")[1:]))
     shapes = [(8192, 8192)] if args.quick else SHAPES
@@ -68,19 +68,9 @@ def main() -> int:
             ours_bytes = N * K // 2 + 8 * N * (K // g) + io
             cublas_bytes = 2 * N * K + io
             ours_tbps, cublas_tbps = ours_bytes / ours_ms / 1e9, cublas_bytes / cublas_ms / 1e9
-            cfg = getattr(m, "_config", None)
-            sms = torch.cuda.get_device_properties(0).multi_processor_count
-            cfg_text = "-"
-            if callable(cfg):
-                try:
-                    c = cfg(M, N, K, g, sms)
-                    cfg_text = (f"BM{c['BLOCK_M']} BN{c['BLOCK_N']} BK{c['BLOCK_K']} split {c['split']} "
-                                f"warps {c['num_warps']}")
-                except Exception:  # noqa: BLE001 - another implementation's private helper
-                    pass
             print(f"| {f'{N} x {K}':<12} | {M:>3} | {ours_ms:8.4f} | {ours_tbps:5.2f} | "
                   f"{ours_tbps * 1e12 / copy:7.1%} | {cublas_ms:9.4f} | {cublas_tbps:5.2f} | "
-                  f"{cublas_tbps * 1e12 / copy:7.1%} | {cublas_ms / ours_ms:6.2f}x | {cfg_text}"
+                  f"{cublas_tbps * 1e12 / copy:7.1%} | {cublas_ms / ours_ms:6.2f}x"
                   + (f"  (relative error {err:.2g}!)" if err > 1e-2 else ""))
         del w, packed, scales, zeros
     return 0
