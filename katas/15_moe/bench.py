@@ -41,6 +41,11 @@ def config_of(module, T: int, top_k: int, num_experts: int) -> str:
         block_m, gate_up, down = pick(T * top_k / num_experts)
     except Exception:  # noqa: BLE001 - another module's helper of the same name
         return "-"
+    tma = getattr(module, "_TMA_CONFIG", None)
+    if tma is not None and block_m == 128:  # the reference's prefill path on Hopper: TMA loads
+        gate_up, down = tma
+        return (f"TMA, BLOCK_M=128 gate/up (N, K, warps, stages, GROUP_M)={tuple(gate_up)} "
+                f"down={tuple(down)}")
     return (f"BLOCK_M={block_m} gate/up (N, K, warps, stages)={tuple(gate_up)} "
             f"down={tuple(down)}")
 
