@@ -207,7 +207,7 @@ def score(kata: str, checks: KataChecks, run: RunResult | None, tasks: set[str] 
             outcome = outcomes.get(_normalise(nodeid))
             if outcome is None:  # the process died before the check ran (or never started)
                 outcome = "timeout" if run is not None and run.status == "timeout" else "not_run"
-            if outcome == "skipped":
+            if outcome in ("skipped", "optional"):  # an optional task left out: not run
                 outcome = "not_run"
             counts[outcome if outcome in counts else "failed"] += 1
             if outcome in ("failed", "timeout") and _normalise(nodeid) in outcomes:

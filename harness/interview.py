@@ -206,7 +206,8 @@ def rubric(state: dict[str, Any], report: dict[str, Any] | None, run_status: str
     tasks: dict[str, Any] = {}
     selected = state.get("tasks") or sorted(titles, key=int)
     for task in selected:
-        rows = [r for r in results if r.get("task") == task and r["outcome"] != "skipped"]
+        rows = [r for r in results if r.get("task") == task
+                and r["outcome"] not in ("skipped", "optional")]
         passed = sum(r["outcome"] == "passed" for r in rows)
         tasks[task] = {"title": titles.get(task, ""), "passed": passed, "checks": len(rows),
                        "done": bool(rows) and passed == len(rows),
@@ -214,7 +215,8 @@ def rubric(state: dict[str, Any], report: dict[str, Any] | None, run_status: str
                                     for o in sorted({r["outcome"] for r in rows})},
                        "failing": sorted(r["nodeid"].split("::", 1)[-1] for r in rows
                                          if r["outcome"] != "passed")}
-    graded = [r for r in results if r.get("task") in tasks and r["outcome"] != "skipped"]
+    graded = [r for r in results if r.get("task") in tasks
+              and r["outcome"] not in ("skipped", "optional")]
     edge = [r for r in graded if kinds.get(_test_name(r["nodeid"])) == "edge case"]
     props = [r for r in graded if kinds.get(_test_name(r["nodeid"])) == "property"]
     tier_order = ["none", "bronze", "silver", "gold"]

@@ -2,8 +2,9 @@
 
 It adds ``--impl`` and ``--task``, lets ``pytest katas/05`` name a kata by number, runs
 Triton under its interpreter when there is no GPU, skips GPU-only tests with a reason,
-counts an unimplemented stub as TODO (no traceback), shows real failures in a few lines
-(harness/report.py), and ends the run with a kata summary, task by task.
+counts an unimplemented stub as TODO (no traceback), tells a skipped check of an optional
+task (a skip reason that starts with 'optional') from a GPU-only one, shows real failures
+in a few lines (harness/report.py), and ends the run with a kata summary, task by task.
 """
 from __future__ import annotations
 
@@ -263,6 +264,20 @@ def _import_error(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | 
     return None
 
 
+def _skip_reason(rep: pytest.TestReport) -> str:
+    """The reason given to pytest.skip / a skip marker, without pytest's 'Skipped: '."""
+    longrepr = rep.longrepr
+    text = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+    return text.removeprefix("Skipped: ").strip()
+
+
+def is_optional_skip(reason: str) -> bool:
+    """A check of an optional task the learner left out skips with a reason that starts with
+    'optional' (e.g. kata 10's Task 6 without Scheduler.abort): its own outcome, 'optional',
+    never confused with a GPU-only check skipped on a CPU."""
+    return reason.lower().startswith("optional")
+
+
 def pytest_deselected(items: list[pytest.Item]) -> None:
     for item in items:
         item.config._kata_unselected.append(  # type: ignore[attr-defined]
@@ -299,6 +314,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         kind, message = "import_error", import_error
         rep._kata_import_error = True  # type: ignore[attr-defined]
         rep.longrepr = f"IMPORT ERROR: {import_error}"
+    elif rep.skipped and is_optional_skip(_skip_reason(rep)):
+        kind = "optional"
     elif rep.failed and call.excinfo is not None and call.excinfo.errisinstance(KataTimeout):
         _, where = report.learner_frame(call.excinfo.value, impl)
         at = f" It was at {where}." if where != "?" else ""
@@ -366,7 +383,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
                            "passed": sum(t.passed for t in tasks.values()),
                            "total": sum(t.ran for t in tasks.values()),
                            "todo": sum(t.outcomes["todo"] for t in tasks.values()),
-                           "skipped": sum(t.outcomes["skipped"] for t in tasks.values())}
+                           "skipped": sum(t.outcomes["skipped"] for t in tasks.values()),
+                           "optional": sum(t.outcomes["optional"] for t in tasks.values())}
         summary[number]["failed"] = (summary[number]["total"] - summary[number]["passed"]
                                      - summary[number]["todo"])
     _save_progress(config, summary)

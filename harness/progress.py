@@ -8,7 +8,7 @@ Schema (version 1):
     {"schema": 1,
      "runs": {IMPL_DIR: {KATA: {"time": float, "file_mtime": float,
                                 "tasks": {TASK: {"passed", "failed", "todo", "skipped",
-                                                 "not_run"}}}}},
+                                                 "optional", "not_run"}}}}},
      "perf": {MODULE: {"gpu", "time", "impl", "cases": [...]}},
      "perf_best": {MODULE: {"tier", "gpu", "time"}},      (the best tier any run reached)
      "hints": {KATA: {TASK: RUNGS_SHOWN}}}                 (`python kata.py hint`)
@@ -83,16 +83,28 @@ def record_perf(module: str, entry: dict[str, Any]) -> None:
 
 def task_done(counts: dict[str, int] | None) -> bool:
     """A task's last result passed: every check that ran passed (GPU-only checks skipped on a
-    CPU count as done here), nothing failed, nothing left out."""
+    CPU count as done here), nothing failed, nothing left out. An optional task left out (its
+    checks skipped as optional, none ran) is not done: see optional_not_started."""
     if not counts or counts.get("not_run") or counts.get("failed") or counts.get("todo"):
         return False
-    return counts.get("passed", 0) > 0 or counts.get("skipped", 0) > 0
+    return counts.get("passed", 0) > 0 or (counts.get("skipped", 0) > 0
+                                           and not counts.get("optional", 0))
+
+
+def optional_not_started(counts: dict[str, int] | None) -> bool:
+    """An optional task the learner left out: its checks skipped as optional, none ran. It
+    is neither done nor in the way of the required tasks."""
+    if not counts or not counts.get("optional") or counts.get("not_run"):
+        return False
+    return not (counts.get("passed") or counts.get("failed") or counts.get("todo"))
 
 
 def next_unfinished_task(entry: dict[str, Any], order: list[str]) -> str | None:
-    """The first task of `order` (README order) whose last recorded result is not done."""
+    """The first task of `order` (README order) whose last recorded result is not done (an
+    optional task left out is passed over)."""
     tasks = entry.get("tasks", {})
-    return next((t for t in order or sorted(tasks) if not task_done(tasks.get(t))), None)
+    return next((t for t in order or sorted(tasks)
+                 if not task_done(tasks.get(t)) and not optional_not_started(tasks.get(t))), None)
 
 
 def edited_since(module_file: Path, entry: dict[str, Any]) -> bool:

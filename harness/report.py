@@ -105,14 +105,15 @@ def rewrite_seed_note(text: str) -> str:
 # -- The kata summary ---------------------------------------------------------------
 @dataclass
 class TaskTally:
-    outcomes: Counter = field(default_factory=Counter)  # passed/failed/todo/skipped/...
+    # passed/failed/todo/skipped (GPU-only)/optional (an optional task left out)/...
+    outcomes: Counter = field(default_factory=Counter)
     not_run: int = 0  # deselected (--task, -k, -m) or never reached (-x)
     first_failure: str = ""
     todo: tuple[str, str] | None = None  # (function, file:line) of the first TODO
 
     @property
     def ran(self) -> int:
-        return sum(n for k, n in self.outcomes.items() if k != "skipped")
+        return sum(n for k, n in self.outcomes.items() if k not in ("skipped", "optional"))
 
     @property
     def passed(self) -> int:
@@ -122,10 +123,15 @@ class TaskTally:
     def done(self) -> bool:
         return self.ran > 0 and self.passed == self.ran and not self.not_run
 
+    @property
+    def optional_not_started(self) -> bool:
+        """An optional task the learner left out: its checks skipped as optional, none ran."""
+        return self.ran == 0 and self.outcomes["optional"] > 0 and not self.not_run
+
     def counts(self) -> dict[str, int]:
         return {"passed": self.passed, "failed": self.ran - self.passed - self.outcomes["todo"],
                 "todo": self.outcomes["todo"], "skipped": self.outcomes["skipped"],
-                "not_run": self.not_run}
+                "optional": self.outcomes["optional"], "not_run": self.not_run}
 
 
 def tally(results: list[dict[str, Any]], unrun: list[tuple[str | None, str | None]],
@@ -150,8 +156,10 @@ def _task_line(task: str, title: str, t: TaskTally) -> str:
     label = f"{name} {title}"
     if len(label) > 46:
         label = label[:45] + "…"
-    gpu = t.outcomes["skipped"]
-    if t.ran == 0 and gpu and not t.not_run:
+    gpu, optional = t.outcomes["skipped"], t.outcomes["optional"]
+    if t.optional_not_started:
+        state = f"optional, not started ({optional + gpu} checks skipped)"
+    elif t.ran == 0 and gpu and not t.not_run:
         state = f"needs a GPU ({gpu} checks skipped here)"
     elif t.ran == 0:
         state = f"not run here ({t.not_run} checks)"
@@ -169,9 +177,16 @@ def _task_line(task: str, title: str, t: TaskTally) -> str:
         state = "; ".join(parts)
     if t.ran and gpu:
         state += f" (+{gpu} GPU-only skipped)"
+    if t.ran and optional:
+        state += f" (+{optional} optional skipped)"
     if t.ran and t.not_run:
         state += f" (+{t.not_run} not run)"
     return f"  {label:<47} {state}"
+
+
+def _bare(title: str) -> str:
+    """'abort (optional)' -> 'abort': the line already says the task is optional."""
+    return re.sub(r"\s*\(optional\)\s*$", "", title, flags=re.IGNORECASE) or title
 
 
 def kata_summary(number: str, results: list[dict[str, Any]],
@@ -194,7 +209,8 @@ def kata_summary(number: str, results: list[dict[str, Any]],
         lines.append(_task_line(task, titles.get(task, ""), t))
     readme = f"katas/{folder}/README.md"
     not_run = sum(t.not_run for t in tasks.values())
-    gpu_tasks = [k for k, t in tasks.items() if t.outcomes["skipped"]]
+    gpu_tasks = [k for k, t in tasks.items() if t.outcomes["skipped"] and not t.optional_not_started]
+    optional_tasks = [k for k, t in tasks.items() if t.optional_not_started]
     unfinished = [k for k, t in tasks.items() if t.ran and t.passed < t.ran]
     if unfinished:
         task = unfinished[0]
@@ -210,9 +226,19 @@ def kata_summary(number: str, results: list[dict[str, Any]],
         lines.append(f"  {not_run} checks were not selected in this run{which}: "
                      f"pytest katas/{number} runs them all.")
     if not unfinished and not not_run and ran:
-        if gpu_tasks:
-            names = ", ".join(f"Task {k}" + (f" ({titles[k]})" if k in titles else "") for k in gpu_tasks)
-            lines.append(f"  CPU correctness done; {names} needs a GPU: pytest katas/{number} -m gpu")
+        if gpu_tasks or optional_tasks:
+            verdict = "  CPU correctness done"
+            if gpu_tasks:
+                names = ", ".join(f"Task {k}" + (f" ({titles[k]})" if k in titles else "")
+                                  for k in gpu_tasks)
+                verdict += f"; {names} needs a GPU: pytest katas/{number} -m gpu"
+            else:
+                verdict += ": every required check passes"
+            if optional_tasks:
+                names = ", ".join(f"Task {k}" + (f" ({_bare(titles[k])})" if k in titles else "")
+                                  for k in optional_tasks)
+                verdict += f"; optional {names} not started (read {readme})"
+            lines.append(verdict)
         else:
             lines.append(f"  all checks pass. Now compare with reference/{module}.py and read "
                          f"the README's notes ({readme}).")

@@ -47,12 +47,18 @@ def kata_state(number: str, impl_runs: dict[str, Any], impl: Any) -> tuple[str, 
     finished = [t for t in order if progress.task_done(tasks.get(t))]
     gpu_only = [t for t in finished if tasks[t].get("skipped")]  # speed not checked here
     done = [t for t in finished if tasks[t].get("passed")]  # GPU-only tasks are not counted
+    optional = [t for t in order if progress.optional_not_started(tasks.get(t))]
     todo_next = progress.next_unfinished_task(entry, order)
     total = len(titles or tasks)
     if not any(c.get("passed") or c.get("failed") for c in tasks.values()):
         state = f"not started (0 of {total} tasks)"
     elif todo_next is None:
-        state = "done" + (" on CPU" if gpu_only else "") + f" ({total} of {total} tasks)"
+        required = total - len(optional)
+        state = "done" + (" on CPU" if gpu_only else "") + f" ({required} of {required} tasks"
+        if optional:
+            which = ", ".join(optional)
+            state += f"; optional Task{'s' if len(optional) > 1 else ''} {which} not started"
+        state += ")"
     else:
         state = f"in progress ({len(done)} of {total} tasks done)"
     if progress.edited_since(module_file, entry):
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if hints:
             state += f", hints: {hints}"
         first_step = first_step or (f"kata {number}, {step}" if step else "")
-        print(f"{folder:<24}{state:<44}{step}")
+        print(f"{folder:<24}{state:<43} {step}")
     if first_step:
         print(f"\nnext to do: {first_step}")
     return 0

@@ -55,6 +55,67 @@ def test_a_run_without_gpu_checks_says_what_was_not_checked() -> None:
     assert "CPU correctness done; Task 5" in out and "pytest katas/03 -m gpu" in out, out
 
 
+def _results(number: str, outcomes: dict[str, tuple[str, int]]) -> list[dict]:
+    """Made-up plugin results: {task: (outcome, how many checks)}."""
+    return [{"nodeid": f"katas/x.py::TestTask{task}X::test_{i}", "kata": number, "task": task,
+             "outcome": outcome, "todo": None, "message": ""}
+            for task, (outcome, n) in outcomes.items() for i in range(n)]
+
+
+def test_an_optional_skip_is_reported_as_optional_and_a_gpu_skip_as_gpu() -> None:
+    from harness import report
+
+    rows = _results("10", {"1": ("passed", 3), "2": ("passed", 2), "3": ("passed", 2),
+                           "4": ("passed", 2), "5": ("skipped", 4), "6": ("optional", 26)})
+    lines, tasks = report.kata_summary("10", rows, [], ROOT / "stubs", stopped_early=False)
+    task5 = next(l for l in lines if l.lstrip().startswith("Task 5"))
+    task6 = next(l for l in lines if l.lstrip().startswith("Task 6"))
+    assert "needs a GPU (4 checks skipped here)" in task5, lines
+    assert "optional, not started (26 checks skipped)" in task6 and "GPU" not in task6, lines
+    assert not tasks["6"].done and tasks["6"].counts()["optional"] == 26, tasks["6"]
+    assert lines[-1] == ("  CPU correctness done; Task 5 (the simulator) needs a GPU: pytest "
+                         "katas/10 -m gpu; optional Task 6 (abort) not started "
+                         "(read katas/10_scheduler/README.md)"), lines
+    # Only the optional task left out: CPU correctness is done, no word of a GPU.
+    rows = [r for r in rows if r["task"] != "5"]
+    lines, _ = report.kata_summary("10", rows, [], ROOT / "stubs", stopped_early=False)
+    assert "GPU" not in "\n".join(lines) and "next:" not in "\n".join(lines), lines
+    assert lines[-1].startswith("  CPU correctness done: every required check passes; "
+                                "optional Task 6 (abort) not started"), lines
+
+
+def test_status_neither_waits_on_nor_claims_an_optional_task() -> None:
+    from harness import status
+
+    done = {"passed": 3, "failed": 0, "todo": 0, "skipped": 0, "optional": 0, "not_run": 0}
+    left_out = dict(done, passed=0, optional=26)
+    tasks = {str(t): dict(done) for t in range(1, 6)}
+    entry = lambda tasks: {"10": {"tasks": tasks, "file_mtime": time.time() + 1e6}}  # noqa: E731
+    impl = ROOT / "reference"
+    state, step = status.kata_state("10", entry({**tasks, "6": left_out}), impl)
+    assert state == "done (5 of 5 tasks; optional Task 6 not started)" and step == "", (state, step)
+    state, step = status.kata_state("10", entry({**tasks, "6": dict(done)}), impl)
+    assert state == "done (6 of 6 tasks)" and step == "", (state, step)
+    state, step = status.kata_state("10", entry({**tasks, "5": dict(done, failed=1),
+                                                 "6": left_out}), impl)
+    assert state.startswith("in progress") and step.startswith("Task 5"), (state, step)
+    gpu = dict(done, passed=0, skipped=4)  # a GPU-only task on a CPU, as before
+    state, step = status.kata_state("10", entry({**tasks, "5": gpu, "6": left_out}), impl)
+    assert state.startswith("done on CPU (5 of 5 tasks") and "-m gpu" in step, (state, step)
+
+
+def test_a_learner_without_the_optional_task_is_told_so(tmp_path: Path) -> None:
+    """Kata 10 without Scheduler.abort: Task 6's checks skip as optional, not as GPU-only."""
+    source = (ROOT / "reference" / "scheduler.py").read_text()
+    (tmp_path / "scheduler.py").write_text(source + "\n\ndel Scheduler.abort  # Task 6 left out\n")
+    code, out = run_pytest("katas/10", "--impl", str(tmp_path))
+    assert code == 0, out
+    task6 = next(l for l in out.splitlines() if l.lstrip().startswith("Task 6"))
+    assert "optional, not started" in task6, out
+    assert "needs a GPU" not in out and "-m gpu" not in out and "all checks pass" not in out, out
+    assert "CPU correctness done: every required check passes; optional Task 6" in out, out
+
+
 def test_stopping_early_is_not_called_progress() -> None:
     code, out = run_pytest("katas/04", "-x")
     assert code == 1, out
