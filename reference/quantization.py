@@ -204,32 +204,28 @@ def _w4a16_kernel(
 # Measured on an H200: _w4a16_kernel's weight loads are pointer loads whose bytes must be
 # re-laid-out for the tensor cores, and Triton does not pipeline those (one memory latency per
 # K block: ~1 TB/s of int4). Loads through tensor descriptors (TMA) are pipelined whatever
-# their consumer. So on Hopper-class GPUs (and under the interpreter, to test it on CPU) x is
-# first split into its even and odd columns, with each group's sum of x (one tiny kernel), and
-# the main kernel streams packed bytes and x tiles with TMA: 1.1-1.5x cuBLAS instead of 1.0-1.4x.
+# their consumer. So on Hopper-class GPUs (and under the interpreter, to test it on CPU) the
+# kernel streams the packed bytes and x's tiles with TMA; each group's sum of x, needed for
+# the zero point, comes from a tiny kernel first.
 @triton.jit
-def _split_x_kernel(x_ptr, xeo_ptr, xsum_ptr, M, K, stride_xm, stride_xk, GS: tl.constexpr):
-    """x (M, K) -> xeo (2, M, K/2), its even columns then its odd ones (the columns of the low
-    and the high nibbles), and xsum (M, K/GS) float32, the sum of each group. Program (m, g)."""
+def _x_group_sums_kernel(x_ptr, xsum_ptr, K, stride_xm, stride_xk, GS: tl.constexpr):
+    """xsum (M, K/GS) float32: the sum of each group of GS columns of each row of x. Program (m, g)."""
     m = tl.program_id(0)
     g = tl.program_id(1)
-    HALF: tl.constexpr = GS // 2
-    j = tl.arange(0, HALF)
-    xe = tl.load(x_ptr + m * stride_xm + (g * GS + 2 * j) * stride_xk)
-    xo = tl.load(x_ptr + m * stride_xm + (g * GS + 2 * j + 1) * stride_xk)
-    tl.store(xeo_ptr + m * (K // 2) + g * HALF + j, xe)
-    tl.store(xeo_ptr + (M + m) * (K // 2) + g * HALF + j, xo)
-    tl.store(xsum_ptr + m * (K // GS) + g, tl.sum(xe.to(tl.float32), axis=0) + tl.sum(xo.to(tl.float32), axis=0))
+    xv = tl.load(x_ptr + m * stride_xm + (g * GS + tl.arange(0, GS)) * stride_xk).to(tl.float32)
+    tl.store(xsum_ptr + m * (K // GS) + g, tl.sum(xv, axis=0))
 
 
 @triton.jit
-def _w4a16_tma_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, groups_per_split,
+def _w4a16_tma_kernel(x_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, groups_per_split,
                       stride_sn, stride_sg, stride_zn, stride_zg, stride_os, stride_om, stride_on,
                       GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr):
     """One program: BLOCK_N output features x BLOCK_M rows of x over one split of K, one group
-    per step. The dot never needs the nibbles back in column order: the low nibbles (columns
-    2j) meet x's even columns, the high ones x's odd columns, in two dots into one accumulator;
-    scale and zero come once per group: sum_k x (c - z) s = s * (sum_k x c - z * sum_k x)."""
+    per step: (BLOCK_N, GS/2) packed bytes and the (BLOCK_M, GS) tile of x arrive by TMA, the
+    nibbles are unpacked and interleaved back into column order in registers (no shared-memory
+    round trip: each thread holds both nibbles of its bytes), one tensor-core dot, and the
+    group's scale and zero applied to the partial product:
+        sum_k x (c - z) s = s * (sum_k x c - z * sum_k x)."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -244,7 +240,7 @@ def _w4a16_tma_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K
     if F32:  # the interpreter: float32 throughout
         OFFSET: tl.constexpr = 0.0
     else:  # a code as OFFSET + code in x's dtype by bits alone (see _w4a16_kernel)
-        dt = xeo_desc.dtype
+        dt = x_desc.dtype
         if dt == tl.bfloat16:
             MAGIC: tl.constexpr = 0x4300
             OFFSET: tl.constexpr = 128.0
@@ -259,19 +255,17 @@ def _w4a16_tma_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K
     xs = tl.load(xsum_ptr + rows_m[None, :] * G + g0)  # (1, BLOCK_M): sum_k x over the group
     for g in range(g0, g1):
         pk = p_desc.load([n0, g * HALF])  # (BLOCK_N, HALF) packed bytes; rows past N read as 0
-        xe = tl.reshape(xeo_desc.load([0, m0, g * HALF]), (BLOCK_M, HALF))  # rows past M: 0
-        xo = tl.reshape(xeo_desc.load([1, m0, g * HALF]), (BLOCK_M, HALF))
+        xt = x_desc.load([m0, g * GS])  # (BLOCK_M, GS); rows past M read as 0
         if F32:
             lo = (pk & 0xF).to(tl.float32)
             hi = (pk >> 4).to(tl.float32)
-            xe = xe.to(tl.float32)
-            xo = xo.to(tl.float32)
+            xt = xt.to(tl.float32)
         else:
             p16 = pk.to(tl.int16)
             lo = ((p16 & 0xF) | MAGIC).to(dt, bitcast=True)
             hi = ((p16 >> 4) | MAGIC).to(dt, bitcast=True)
-        part = tl.dot(lo, tl.trans(xe))
-        part = tl.dot(hi, tl.trans(xo), part)  # (BLOCK_N, BLOCK_M): sum_k (OFFSET + c) x
+        w = tl.interleave(lo, hi)  # (BLOCK_N, GS): column 2j low nibble, 2j + 1 high
+        part = tl.dot(w, tl.trans(xt))  # (BLOCK_N, BLOCK_M): sum_k (OFFSET + c) x
         nxt = tl.minimum(g + 1, g1 - 1)  # the next group's scale, zero and x sum, a step early
         s_next = tl.load(s_ptr + rows_n * stride_sn + nxt * stride_sg)
         z_next = tl.load(z_ptr + rows_n * stride_zn + nxt * stride_zg)
@@ -284,11 +278,12 @@ def _w4a16_tma_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K
 
 def _tma_ok(x: torch.Tensor, packed: torch.Tensor, gs: int) -> bool:
     """The TMA path needs a Hopper-class GPU (or the interpreter), a group of 32..256 columns
-    (a power of two) and a packed weight whose rows are contiguous and 16-byte aligned."""
+    (a power of two), and x and the packed weight with contiguous, 16-byte-aligned rows."""
     if not (_INTERPRET or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9)):
         return False
-    return (gs in (32, 64, 128, 256) and packed.stride(1) == 1 and packed.stride(0) % 16 == 0
-            and packed.data_ptr() % 16 == 0)
+    return (gs in (32, 64, 128, 256) and all(
+        t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+        for t in (x, packed)))
 
 
 @triton.jit
@@ -388,12 +383,11 @@ def _w4a16_tma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zero
     bn = 16 if _INTERPRET else 64
     stages = 1 if _INTERPRET else 4 if M <= 16 else 3
     split, per_split = _splits(K // gs, triton.cdiv(N, bn) * triton.cdiv(M, bm), _sm_count(x.device))
-    xeo = torch.empty((2, M, K // 2), device=x.device, dtype=x.dtype)
     xsum = torch.empty((M, K // gs), device=x.device, dtype=torch.float32)
-    _split_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), x.stride(1), GS=gs)
+    _x_group_sums_kernel[(M, K // gs)](x, xsum, K, x.stride(0), x.stride(1), GS=gs)
     target = out if split == 1 else torch.empty((split, M, N), device=x.device, dtype=torch.float32)
     _w4a16_tma_kernel[(triton.cdiv(N, bn), split, triton.cdiv(M, bm))](
-        TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
+        TensorDescriptor.from_tensor(x, [bm, gs]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
         xsum, scales, zeros, target, M, N, K, per_split,
         scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1),
         0 if split == 1 else target.stride(0), target.stride(-2), target.stride(-1),

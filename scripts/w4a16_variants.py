@@ -282,6 +282,135 @@ def _tma2_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blo
 
 
 @triton.jit
+def _tma3_group(p_desc, xeo_desc, n0, m0, g, HALF: tl.constexpr, BLOCK_M: tl.constexpr, F32: tl.constexpr,
+                MAGIC: tl.constexpr):
+    """One group's raw product (BLOCK_N, BLOCK_M): sum_k (OFFSET + c) x."""
+    pk = p_desc.load([n0, g * HALF])
+    xe = tl.reshape(xeo_desc.load([0, m0, g * HALF]), (BLOCK_M, HALF))
+    xo = tl.reshape(xeo_desc.load([1, m0, g * HALF]), (BLOCK_M, HALF))
+    if F32:
+        lo = (pk & 0xF).to(tl.float32)
+        hi = (pk >> 4).to(tl.float32)
+        xe = xe.to(tl.float32)
+        xo = xo.to(tl.float32)
+    else:
+        p16 = pk.to(tl.int16)
+        lo = ((p16 & 0xF) | MAGIC).to(xe.dtype, bitcast=True)
+        hi = ((p16 >> 4) | MAGIC).to(xe.dtype, bitcast=True)
+    part = tl.dot(lo, tl.trans(xe))
+    return tl.dot(hi, tl.trans(xo), part)
+
+
+@triton.jit
+def _tma3_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
+                 stride_sn, stride_zn, stride_os, stride_om,
+                 GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr):
+    """_tma2_kernel with two groups a step: two independent dot chains in flight, the step's
+    fixed latency (barrier waits, the tensor cores' round trip) paid once for twice the bytes."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = GS // 2
+    G = K // GS
+    n0 = pid_n * BLOCK_N
+    m0 = pid_m * BLOCK_M
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    rows_n = tl.minimum(offs_n, N - 1)
+    rows_m = tl.minimum(offs_m, M - 1)
+    if F32:
+        OFFSET: tl.constexpr = 0.0
+        MAGIC: tl.constexpr = 0
+    else:
+        if xeo_desc.dtype == tl.bfloat16:
+            MAGIC: tl.constexpr = 0x4300
+            OFFSET: tl.constexpr = 128.0
+        else:
+            MAGIC: tl.constexpr = 0x6400
+            OFFSET: tl.constexpr = 1024.0
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    g0 = pid_s * blocks_per_split
+    g1 = tl.minimum(g0 + blocks_per_split, G)
+    for g in range(g0, g1, 2):
+        gb = tl.minimum(g + 1, G - 1)  # the second group (a repeat of the last one past K: scaled by 0)
+        part_a = _tma3_group(p_desc, xeo_desc, n0, m0, g, HALF, BLOCK_M, F32, MAGIC)
+        part_b = _tma3_group(p_desc, xeo_desc, n0, m0, gb, HALF, BLOCK_M, F32, MAGIC)
+        s_a = tl.load(s_ptr + rows_n * stride_sn + g)
+        z_a = tl.load(z_ptr + rows_n * stride_zn + g)
+        xs_a = tl.load(xsum_ptr + rows_m[None, :] * G + g)
+        s_b = tl.load(s_ptr + rows_n * stride_sn + gb)
+        s_b = tl.where(g + 1 < g1, s_b, 0.0)
+        z_b = tl.load(z_ptr + rows_n * stride_zn + gb)
+        xs_b = tl.load(xsum_ptr + rows_m[None, :] * G + gb)
+        acc += s_a[:, None] * (part_a - (z_a[:, None] + OFFSET) * xs_a)
+        acc += s_b[:, None] * (part_b - (z_b[:, None] + OFFSET) * xs_b)
+    tl.store(out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None],
+             acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
+
+
+@triton.jit
+def _xsum_kernel(x_ptr, xsum_ptr, K, stride_xm, GS: tl.constexpr):
+    """xsum (M, K/GS) float32: the sum of each group of each row of x. Program (m, g)."""
+    m = tl.program_id(0)
+    g = tl.program_id(1)
+    xv = tl.load(x_ptr + m * stride_xm + g * GS + tl.arange(0, GS)).to(tl.float32)
+    tl.store(xsum_ptr + m * (K // GS) + g, tl.sum(xv, axis=0))
+
+
+@triton.jit
+def _tma4_kernel(x_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
+                 stride_sn, stride_zn, stride_os, stride_om,
+                 GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr):
+    """TMA for the packed weight and for x in its natural column order; the nibbles are
+    interleaved back into column order in registers and meet x in one dot per group."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = GS // 2
+    G = K // GS
+    n0 = pid_n * BLOCK_N
+    m0 = pid_m * BLOCK_M
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    rows_n = tl.minimum(offs_n, N - 1)
+    rows_m = tl.minimum(offs_m, M - 1)
+    if F32:
+        OFFSET: tl.constexpr = 0.0
+    else:
+        dt = x_desc.dtype
+        if dt == tl.bfloat16:
+            MAGIC: tl.constexpr = 0x4300
+            OFFSET: tl.constexpr = 128.0
+        else:
+            MAGIC: tl.constexpr = 0x6400
+            OFFSET: tl.constexpr = 1024.0
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    g0 = pid_s * blocks_per_split
+    g1 = tl.minimum(g0 + blocks_per_split, G)
+    s = tl.load(s_ptr + rows_n * stride_sn + g0)
+    z = tl.load(z_ptr + rows_n * stride_zn + g0)
+    xs = tl.load(xsum_ptr + rows_m[None, :] * G + g0)
+    for g in range(g0, g1):
+        pk = p_desc.load([n0, g * HALF])
+        xt = x_desc.load([m0, g * GS])  # (BLOCK_M, GS)
+        if F32:
+            w = tl.interleave((pk & 0xF).to(tl.float32), (pk >> 4).to(tl.float32))
+            xt = xt.to(tl.float32)
+        else:
+            p16 = pk.to(tl.int16)
+            w = tl.interleave(((p16 & 0xF) | MAGIC).to(dt, bitcast=True), ((p16 >> 4) | MAGIC).to(dt, bitcast=True))
+        part = tl.dot(w, tl.trans(xt))
+        nxt = tl.minimum(g + 1, g1 - 1)
+        s_next = tl.load(s_ptr + rows_n * stride_sn + nxt)
+        z_next = tl.load(z_ptr + rows_n * stride_zn + nxt)
+        xs_next = tl.load(xsum_ptr + rows_m[None, :] * G + nxt)
+        acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs)
+        s, z, xs = s_next, z_next, xs_next
+    tl.store(out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None],
+             acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
                  stride_xm, stride_pn, stride_sn, stride_zn, stride_os, stride_om,
                  GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -340,13 +469,22 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
     stride_os = 0 if split == 1 else target.stride(0)
     args = (x, packed, scales, zeros, target, M, N, K, per, x.stride(0), packed.stride(0),
             scales.stride(0), zeros.stride(0), stride_os, target.stride(-2))
-    if kind == "tma2":
+    if kind == "tma4":
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
+        _xsum_kernel[(M, K // gs)](x, xsum, K, x.stride(0), GS=gs)
+        _tma4_kernel[(triton.cdiv(N, bn), split, m_tiles)](
+            TensorDescriptor.from_tensor(x, [bm, gs]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
+            xsum, scales, zeros, target, M, N, K, per, scales.stride(0), zeros.stride(0), stride_os,
+            target.stride(-2), GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=interp, num_warps=warps, num_stages=stages)
+    elif kind in ("tma2", "tma3"):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         xeo = torch.empty(2, M, K // 2, device=x.device, dtype=x.dtype)
         xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
         _prep_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), GS=gs)
-        _tma2_kernel[(triton.cdiv(N, bn), split, m_tiles)](
+        (_tma3_kernel if kind == "tma3" else _tma2_kernel)[(triton.cdiv(N, bn), split, m_tiles)](
             TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
             xsum, scales, zeros, target, M, N, K, per, scales.stride(0), zeros.stride(0), stride_os,
             target.stride(-2), GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=interp, num_warps=warps, num_stages=stages)
@@ -387,7 +525,9 @@ def check(device: str) -> None:
     ref = _load_ref()
     for M, N, K, kind in [(1, 40, 256, "tc"), (3, 72, 512, "tc"), (17, 64, 256, "tc"), (1, 40, 256, "gemv"),
                           (3, 72, 512, "gemv"), (1, 40, 640, "tcp"), (17, 64, 384, "tcp"),
-                          (1, 40, 640, "tma"), (17, 72, 384, "tma"), (1, 40, 640, "tma2"), (17, 72, 384, "tma2")]:
+                          (1, 40, 640, "tma"), (17, 72, 384, "tma"), (1, 40, 640, "tma2"), (17, 72, 384, "tma2"),
+                          (1, 40, 640, "tma3"), (17, 72, 384, "tma3"), (2, 24, 896, "tma3"),
+                          (1, 40, 640, "tma4"), (17, 72, 384, "tma4")]:
         g = torch.Generator().manual_seed(M * 7 + N)
         xdt = torch.float16 if kind == "tcp" and device == "cpu" else torch.bfloat16  # the interpreter and bf16
         x = torch.randn(M, K, generator=g).to(xdt).to(device)
@@ -524,9 +664,13 @@ def main() -> None:
         t_cublas = cuda_median_ms(lambda: torch.nn.functional.linear(x, w), rep=30)
         t_ref = cuda_median_ms(lambda: ref.w4a16_matmul(x, packed, scales, zeros, 128), rep=30)
         best: dict[str, tuple] = {}
-        kinds = ["tma2"] if "--tma2" in sys.argv else ["tma"] if "--tma" in sys.argv else ["tcp"] if "--tcp" in sys.argv else ["tc", "tc_magic"] + (["gemv"] if M <= 4 else [])
+        kinds = ["tma4"] if "--tma4" in sys.argv else ["tma3"] if "--tma3" in sys.argv else ["tma2"] if "--tma2" in sys.argv else ["tma"] if "--tma" in sys.argv else ["tcp"] if "--tcp" in sys.argv else ["tc", "tc_magic"] + (["gemv"] if M <= 4 else [])
         for kind in kinds:
-            if kind == "tma2":
+            if kind == "tma4":
+                grid = itertools.product((32, 64, 128), (4, 8), (3, 4, 6), (2, 4, 8))
+            elif kind == "tma3":
+                grid = itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (2, 4, 8))
+            elif kind == "tma2":
                 grid = itertools.product((32, 64, 128), (4, 8), (3, 4, 6), (2, 4, 8))
             elif kind == "tma":
                 grid = itertools.product((32, 64, 128), (4, 8), (2, 3, 4, 6), (2, 4))

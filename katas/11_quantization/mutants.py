@@ -55,7 +55,7 @@ MUTANTS: list[Mutant] = [
     # -- Task 5: the kernel
     Mutant("kernel_nibbles_swapped",
            "the kernel pairs the high nibble with column 2j and the low one with 2j + 1",
-           "w = tl.interleave(lo, hi)", "w = tl.interleave(hi, lo)", count=2),
+           "w = tl.interleave(lo, hi)", "w = tl.interleave(hi, lo)", count=3),
     Mutant("kernel_zero_not_subtracted",
            "the kernel multiplies the raw codes by the scale, forgetting the zero point",
            "acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs)",
@@ -89,10 +89,11 @@ MUTANTS: list[Mutant] = [
            "        z_next = tl.load(z_ptr + rows_n * stride_zn + nxt * stride_zg)",
            "s_next = tl.load(s_ptr + rows_n * stride_sn + g0 * stride_sg)\n"
            "        z_next = tl.load(z_ptr + rows_n * stride_zn + g0 * stride_zg)"),
-    Mutant("kernel_x_halves_swapped",
-           "the low nibbles (columns 2j) meet x's odd columns and the high ones the even columns",
-           "part = tl.dot(lo, tl.trans(xe))\n        part = tl.dot(hi, tl.trans(xo), part)",
-           "part = tl.dot(lo, tl.trans(xo))\n        part = tl.dot(hi, tl.trans(xe), part)"),
+    Mutant("kernel_x_group_sums_skip_a_column",
+           "the group sums of x (for the zero point) leave out each group's last column",
+           "xv = tl.load(x_ptr + m * stride_xm + (g * GS + tl.arange(0, GS)) * stride_xk).to(tl.float32)",
+           "xv = tl.load(x_ptr + m * stride_xm + (g * GS + tl.arange(0, GS)) * stride_xk,\n"
+           "                 mask=tl.arange(0, GS) < GS - 1, other=0.0).to(tl.float32)"),
     Mutant("kernel_one_row_tile",
            "a shortcut: the grid has one program along M, right only while M fits one BLOCK_M tile",
            'grid = (triton.cdiv(N, cfg["BLOCK_N"]), split, triton.cdiv(M, cfg["BLOCK_M"]))',
