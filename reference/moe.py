@@ -394,7 +394,7 @@ _CONFIGS = [
 _INTERPRETER_CONFIG = (16, (32, 32, 1, 1), (32, 32, 1, 1))  # small tiles: several per test
 GROUP_M = 8
 # The TMA path (prefill, Hopper+): gate/up (BLOCK_N, BLOCK_K, warps, stages, GROUP_M), down (same);
-# from sweeps on an H200 (scripts/moe_tma_variant.py, scripts/moe_config_sweep.py --tma); the
+# from sweeps on an H200 (scripts/moe_config_sweep.py --tma); the
 # perf test: 659 TFLOP/s at T = 4096, 697 at 8192 (0.81x and 0.86x the dense matmul rate).
 _TMA_CONFIG = ((128, 64, 8, 3, 16), (256, 64, 8, 3, 16))
 

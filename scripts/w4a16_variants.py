@@ -15,6 +15,7 @@ Both apply scale and zero per group to the partial product: sum_k x (c - z) s = 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from pathlib import Path
@@ -349,68 +350,6 @@ def _tma3_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blo
 
 
 @triton.jit
-def _xsum_kernel(x_ptr, xsum_ptr, K, stride_xm, GS: tl.constexpr):
-    """xsum (M, K/GS) float32: the sum of each group of each row of x. Program (m, g)."""
-    m = tl.program_id(0)
-    g = tl.program_id(1)
-    xv = tl.load(x_ptr + m * stride_xm + g * GS + tl.arange(0, GS)).to(tl.float32)
-    tl.store(xsum_ptr + m * (K // GS) + g, tl.sum(xv, axis=0))
-
-
-@triton.jit
-def _tma4_kernel(x_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
-                 stride_sn, stride_zn, stride_os, stride_om,
-                 GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr):
-    """TMA for the packed weight and for x in its natural column order; the nibbles are
-    interleaved back into column order in registers and meet x in one dot per group."""
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    HALF: tl.constexpr = GS // 2
-    G = K // GS
-    n0 = pid_n * BLOCK_N
-    m0 = pid_m * BLOCK_M
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    rows_n = tl.minimum(offs_n, N - 1)
-    rows_m = tl.minimum(offs_m, M - 1)
-    if F32:
-        OFFSET: tl.constexpr = 0.0
-    else:
-        dt = x_desc.dtype
-        if dt == tl.bfloat16:
-            MAGIC: tl.constexpr = 0x4300
-            OFFSET: tl.constexpr = 128.0
-        else:
-            MAGIC: tl.constexpr = 0x6400
-            OFFSET: tl.constexpr = 1024.0
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    g0 = pid_s * blocks_per_split
-    g1 = tl.minimum(g0 + blocks_per_split, G)
-    s = tl.load(s_ptr + rows_n * stride_sn + g0)
-    z = tl.load(z_ptr + rows_n * stride_zn + g0)
-    xs = tl.load(xsum_ptr + rows_m[None, :] * G + g0)
-    for g in range(g0, g1):
-        pk = p_desc.load([n0, g * HALF])
-        xt = x_desc.load([m0, g * GS])  # (BLOCK_M, GS)
-        if F32:
-            w = tl.interleave((pk & 0xF).to(tl.float32), (pk >> 4).to(tl.float32))
-            xt = xt.to(tl.float32)
-        else:
-            p16 = pk.to(tl.int16)
-            w = tl.interleave(((p16 & 0xF) | MAGIC).to(dt, bitcast=True), ((p16 >> 4) | MAGIC).to(dt, bitcast=True))
-        part = tl.dot(w, tl.trans(xt))
-        nxt = tl.minimum(g + 1, g1 - 1)
-        s_next = tl.load(s_ptr + rows_n * stride_sn + nxt)
-        z_next = tl.load(z_ptr + rows_n * stride_zn + nxt)
-        xs_next = tl.load(xsum_ptr + rows_m[None, :] * G + nxt)
-        acc += s[:, None] * (part - (z[:, None] + OFFSET) * xs)
-        s, z, xs = s_next, z_next, xs_next
-    tl.store(out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None],
-             acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
-
-
-@triton.jit
 def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
                  stride_xm, stride_pn, stride_sn, stride_zn, stride_os, stride_om,
                  GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -469,15 +408,17 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
     stride_os = 0 if split == 1 else target.stride(0)
     args = (x, packed, scales, zeros, target, M, N, K, per, x.stride(0), packed.stride(0),
             scales.stride(0), zeros.stride(0), stride_os, target.stride(-2))
-    if kind == "tma4":
+    if kind == "tma4":  # the reference's Hopper path, launched with this sweep's config
         from triton.tools.tensor_descriptor import TensorDescriptor
 
+        ref = _load_ref()
         xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
-        _xsum_kernel[(M, K // gs)](x, xsum, K, x.stride(0), GS=gs)
-        _tma4_kernel[(triton.cdiv(N, bn), split, m_tiles)](
+        ref._x_group_sums_kernel[(M, K // gs)](x, xsum, K, x.stride(0), x.stride(1), GS=gs)
+        ref._w4a16_tma_kernel[(triton.cdiv(N, bn), split, m_tiles)](
             TensorDescriptor.from_tensor(x, [bm, gs]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
-            xsum, scales, zeros, target, M, N, K, per, scales.stride(0), zeros.stride(0), stride_os,
-            target.stride(-2), GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=interp, num_warps=warps, num_stages=stages)
+            xsum, scales, zeros, target, M, N, K, per, scales.stride(0), scales.stride(1), zeros.stride(0),
+            zeros.stride(1), stride_os, target.stride(-2), target.stride(-1), GS=gs, BLOCK_M=bm, BLOCK_N=bn,
+            F32=interp, num_warps=warps, num_stages=stages)
     elif kind in ("tma2", "tma3"):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -512,6 +453,7 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _load_ref():
     import importlib.util
 
@@ -596,54 +538,9 @@ def main_probe() -> None:
             flush=True)
 
 
-def main_bk() -> None:
-    """The reference's per-element dequantization path (no GROUP_PER_BLOCK) at wide K blocks."""
-    from harness.perf import cuda_median_ms
-
-    ref = _load_ref()
-    default = ref._config
-    for (N, K), M in itertools.product([(8192, 8192), (28672, 8192), (8192, 28672)], (1, 16)):
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
-        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=gen)
-        codes, scales, zeros = ref.quantize(w, bits=4, group_size=128, sym=False)
-        packed = ref.pack_int4(codes)
-        want = x.float() @ ref.dequantize(codes, scales, zeros, 128).T
-        t_cublas = cuda_median_ms(lambda: torch.nn.functional.linear(x, w), rep=30)
-        best = None
-        for bk, bn, warps, stages, per_sm in itertools.product((128, 256, 512), (16, 32, 64), (4, 8), (2, 3, 4), (2, 4)):
-            def cfg(M_, N_, K_, gs, sms_, bk=bk, bn=bn, warps=warps, stages=stages, per_sm=per_sm):
-                c = default(M_, N_, K_, gs, sms_)
-                k_blocks = triton.cdiv(K_, bk)
-                split = max(1, min(triton.cdiv(per_sm * sms_, triton.cdiv(N_, bn) * triton.cdiv(M_, c["BLOCK_M"])),
-                                   k_blocks, 32))
-                per = triton.cdiv(k_blocks, split)
-                c.update(BLOCK_K=bk, BLOCK_N=bn, GROUP_PER_BLOCK=False, num_warps=warps, num_stages=stages,
-                         split=triton.cdiv(k_blocks, per), per_split=per)
-                return c
-            ref._config = cfg
-            try:
-                got = ref.w4a16_matmul(x, packed, scales, zeros, 128)
-                if not ((got.float() - want).norm() / want.norm()).item() < 1e-2:
-                    print(f"  WRONG BK{bk} BN{bn}")
-                    continue
-                t = cuda_median_ms(lambda: ref.w4a16_matmul(x, packed, scales, zeros, 128), warmup=3, rep=15)
-            except Exception as e:  # noqa: BLE001
-                continue
-            if best is None or t < best[0]:
-                best = (t, bk, bn, warps, stages, per_sm)
-        ref._config = default
-        t = best[0]
-        print(f"M={M:2d} N={N:5d} K={K:5d}: cuBLAS {t_cublas * 1e3:.1f} us; per-element path best {t_cublas / t:.2f}x "
-              f"({t * 1e3:.1f} us, {N * K / 2 / t / 1e9:.2f} TB/s) BK{best[1]} BN{best[2]} w{best[3]} s{best[4]} "
-              f"{best[5]}/SM", flush=True)
-
-
 def main() -> None:
     if "--probe" in sys.argv:
         return main_probe()
-    if "--bk" in sys.argv:
-        return main_bk()
     if "--check" in sys.argv:
         check("cuda" if torch.cuda.is_available() else "cpu")
         return
