@@ -207,3 +207,14 @@ def test_likely_tasks_follows_the_edit_to_the_checks_that_call_it() -> None:
              "class TestTask2Public:\n    def test_b(self):\n        assert call(1) == 2\n")
     assert likely_tasks(reference, "return x + 1", [tests]) == ["2"]
     assert likely_tasks(reference, "    return x\n", [tests]) == ["1"]
+
+
+def test_test_file_names_are_unique_across_katas() -> None:
+    """pytest imports a test file of a folder without __init__.py by its base name: two katas
+    with the same test file name cannot be collected in one run (`pytest katas`, tox)."""
+    seen: dict[str, Path] = {}
+    for path in sorted(KATAS_DIR.glob("*/test_*.py")):
+        assert path.name not in seen, (
+            f"{path.relative_to(ROOT)} and {seen[path.name].relative_to(ROOT)} share a file name: "
+            "'pytest katas' stops at collection (import file mismatch); rename one")
+        seen[path.name] = path
