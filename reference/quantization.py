@@ -377,6 +377,8 @@ def _splits(k_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
 
 def _w4a16_tma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                gs: int, out: torch.Tensor) -> torch.Tensor:
+    """w4a16_matmul's Hopper path: the group sums of x, then _w4a16_tma_kernel (split-K with a
+    float32 slab per split, summed by _sum_splits_kernel, when N alone leaves SMs idle)."""
     M, K = x.shape
     N = packed.shape[0]
     bm = 16 if M <= 16 else 32 if M <= 32 else 64
