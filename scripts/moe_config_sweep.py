@@ -1,7 +1,8 @@
 """Time kata 15's moe_forward_triton (reference/moe.py) over prefill tile configs on a GPU,
 beside the dense bf16 matmul rate. Mixtral layer: d 4096, d_ff 14336, E 8, top 2, bf16.
 
-    python3 scripts/moe_config_sweep.py [T ...]      # default T = 4096 8192
+    python3 scripts/moe_config_sweep.py [T ...]         # pointer kernels; default T = 4096 8192
+    python3 scripts/moe_config_sweep.py --tma [T ...]   # the TMA prefill path (Hopper)
 """
 from __future__ import annotations
 
@@ -37,50 +38,40 @@ TMA_CANDIDATES = [((bn1, 64, 8, s1, g1), (256, 64, 8, s2, 16))
                   for bn1 in (128,) for s1 in (3, 4) for g1 in (8, 16) for s2 in (3, 4)]
 
 
+def sweep(tokens: list[int], attr: str, candidates: list, as_value) -> None:
+    """Time moe_forward_triton with ref.<attr> set to as_value(candidate), for each candidate
+    in turn, on one Mixtral layer (restored afterwards)."""
+    peaks = measure_device_peaks()
+    d, d_ff, E, k = 4096, 14336, 8, 2
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda *s: (torch.randn(*s, device="cuda", generator=g) * 0.02).to(torch.bfloat16)  # noqa: E731
+    wr, wg, wu, wd = mk(E, d), mk(E, d_ff, d), mk(E, d_ff, d), mk(E, d, d_ff)
+    print(f"GPU {peaks.name}: matmul {peaks.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
+    original = getattr(ref, attr)
+    try:
+        for T in tokens:
+            x = mk(T, d)
+            flops = 2 * T * k * 3 * d * d_ff
+            for cand in candidates:
+                setattr(ref, attr, as_value(cand))
+                try:
+                    ms = cuda_median_ms(lambda: ref.moe_forward_triton(x, wr, wg, wu, wd, k), warmup=3, rep=10)
+                except Exception as e:  # noqa: BLE001 - out of shared memory etc.
+                    print(f"T={T} {cand}: {type(e).__name__} {str(e)[:80]}")
+                    continue
+                tf = flops / ms / 1e9
+                print(f"T={T} {cand}: {ms:.3f} ms {tf:.0f} TFLOP/s "
+                      f"{tf * 1e12 / peaks.matmul_flops_per_s:.3f}x matmul", flush=True)
+    finally:
+        setattr(ref, attr, original)
+
+
 def main() -> None:
-    if "--tma" in sys.argv:
-        return main_tma([int(a) for a in sys.argv[1:] if a != "--tma"] or [4096, 8192])
-    tokens = [int(a) for a in sys.argv[1:]] or [4096, 8192]
-    peaks = measure_device_peaks()
-    d, d_ff, E, k = 4096, 14336, 8, 2
-    g = torch.Generator(device="cuda").manual_seed(0)
-    mk = lambda *s: (torch.randn(*s, device="cuda", generator=g) * 0.02).to(torch.bfloat16)  # noqa: E731
-    wr, wg, wu, wd = mk(E, d), mk(E, d_ff, d), mk(E, d_ff, d), mk(E, d, d_ff)
-    print(f"GPU {peaks.name}: matmul {peaks.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
-    original = ref._config
-    for T in tokens:
-        x = mk(T, d)
-        flops = 2 * T * k * 3 * d * d_ff
-        for cand in CANDIDATES:
-            ref._config = lambda rows, c=cand: c
-            try:
-                ms = cuda_median_ms(lambda: ref.moe_forward_triton(x, wr, wg, wu, wd, k), warmup=3, rep=10)
-            except Exception as e:
-                print(f"T={T} {cand}: {type(e).__name__} {str(e)[:80]}")
-                continue
-            tf = flops / ms / 1e9
-            print(f"T={T} {cand}: {ms:.3f} ms {tf:.0f} TFLOP/s {tf * 1e12 / peaks.matmul_flops_per_s:.2f}x matmul")
-    ref._config = original
-
-
-def main_tma(tokens: list[int]) -> None:
-    peaks = measure_device_peaks()
-    d, d_ff, E, k = 4096, 14336, 8, 2
-    g = torch.Generator(device="cuda").manual_seed(0)
-    mk = lambda *s: (torch.randn(*s, device="cuda", generator=g) * 0.02).to(torch.bfloat16)  # noqa: E731
-    wr, wg, wu, wd = mk(E, d), mk(E, d_ff, d), mk(E, d_ff, d), mk(E, d, d_ff)
-    print(f"GPU {peaks.name}: matmul {peaks.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
-    original = ref._TMA_CONFIG
-    for T in tokens:
-        x = mk(T, d)
-        flops = 2 * T * k * 3 * d * d_ff
-        for cand in TMA_CANDIDATES:
-            ref._TMA_CONFIG = cand
-            ms = cuda_median_ms(lambda: ref.moe_forward_triton(x, wr, wg, wu, wd, k), warmup=3, rep=10)
-            tf = flops / ms / 1e9
-            print(f"T={T} TMA {cand}: {ms:.3f} ms {tf:.0f} TFLOP/s {tf * 1e12 / peaks.matmul_flops_per_s:.3f}x matmul",
-                  flush=True)
-    ref._TMA_CONFIG = original
+    tokens = [int(a) for a in sys.argv[1:] if a != "--tma"] or [4096, 8192]
+    if "--tma" in sys.argv:  # the TMA prefill path's configs
+        sweep(tokens, "_TMA_CONFIG", TMA_CANDIDATES, lambda c: c)
+    else:  # the pointer kernels' tile configs
+        sweep(tokens, "_config", CANDIDATES, lambda c: (lambda rows: c))
 
 
 if __name__ == "__main__":

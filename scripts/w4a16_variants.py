@@ -15,7 +15,6 @@ Both apply scale and zero per group to the partial product: sum_k x (c - z) s = 
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import sys
 from pathlib import Path
@@ -380,16 +379,6 @@ def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
              acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
 
 
-@triton.jit
-def _sum_splits(ws_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    total = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in range(SPLITS):
-        total += tl.load(ws_ptr + s * numel + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, stages: int,
         per_sm: int, bm: int | None = None, magic: bool = False) -> torch.Tensor:
     M, K = x.shape
@@ -449,18 +438,15 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
         _gemv_kernel[(triton.cdiv(N, bn), split)](*args, GS=gs, BLOCK_M=bm, BLOCK_N=bn,
                                                   num_warps=warps, num_stages=stages)
     if split > 1:
-        _sum_splits[(triton.cdiv(M * N, 1024),)](target, out, M * N, SPLITS=split, BLOCK=1024)
+        _load_ref()._sum_splits_kernel[(triton.cdiv(M * N, 1024),)](target, out, M * N, SPLITS=split, BLOCK=1024)
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def _load_ref():
-    import importlib.util
+    """reference/quantization.py, imported once (its kernels and the split-K sum are reused here)."""
+    from harness import load_kata_file
 
-    spec = importlib.util.spec_from_file_location("ref_quant", ROOT / "reference" / "quantization.py")
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)  # type: ignore[union-attr]
-    return ref
+    return load_kata_file(ROOT / "reference" / "quantization.py", "ref_quant")
 
 
 def check(device: str) -> None:
