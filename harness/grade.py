@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness import progress
 from harness.katas import KATAS, KATAS_DIR, ROOT, built_katas
 
 DEFAULT_TIMEOUT = 600.0  # seconds of wall clock per learner and kata
@@ -207,7 +208,7 @@ def score(kata: str, checks: KataChecks, run: RunResult | None, tasks: set[str] 
             outcome = outcomes.get(_normalise(nodeid))
             if outcome is None:  # the process died before the check ran (or never started)
                 outcome = "timeout" if run is not None and run.status == "timeout" else "not_run"
-            if outcome in ("skipped", "optional"):  # an optional task left out: not run
+            if outcome in progress.NOT_RUN_OUTCOMES:  # GPU-only on a CPU, or an optional task left out
                 outcome = "not_run"
             counts[outcome if outcome in counts else "failed"] += 1
             if outcome in ("failed", "timeout") and _normalise(nodeid) in outcomes:

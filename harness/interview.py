@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import progress
 from harness.katas import KATAS, KATAS_DIR, ROOT, built_katas, task_titles
 
 DEFAULT_MINUTES = 45.0
@@ -107,8 +108,6 @@ def pristine_stub(module: str) -> str:
 
 def _hints_seen(kata: str) -> int:
     try:
-        from harness import progress
-
         seen = getattr(progress, "hints_seen", None)
         return sum(seen(kata, progress.load()).values()) if seen else 0
     except Exception:  # noqa: BLE001 - the count is informative only
@@ -207,7 +206,7 @@ def rubric(state: dict[str, Any], report: dict[str, Any] | None, run_status: str
     selected = state.get("tasks") or sorted(titles, key=int)
     for task in selected:
         rows = [r for r in results if r.get("task") == task
-                and r["outcome"] not in ("skipped", "optional")]
+                and r["outcome"] not in progress.NOT_RUN_OUTCOMES]
         passed = sum(r["outcome"] == "passed" for r in rows)
         tasks[task] = {"title": titles.get(task, ""), "passed": passed, "checks": len(rows),
                        "done": bool(rows) and passed == len(rows),
@@ -216,7 +215,7 @@ def rubric(state: dict[str, Any], report: dict[str, Any] | None, run_status: str
                        "failing": sorted(r["nodeid"].split("::", 1)[-1] for r in rows
                                          if r["outcome"] != "passed")}
     graded = [r for r in results if r.get("task") in tasks
-              and r["outcome"] not in ("skipped", "optional")]
+              and r["outcome"] not in progress.NOT_RUN_OUTCOMES]
     edge = [r for r in graded if kinds.get(_test_name(r["nodeid"])) == "edge case"]
     props = [r for r in graded if kinds.get(_test_name(r["nodeid"])) == "property"]
     tier_order = ["none", "bronze", "silver", "gold"]

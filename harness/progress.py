@@ -81,6 +81,11 @@ def record_perf(module: str, entry: dict[str, Any]) -> None:
     save(data)
 
 
+# Outcomes of a check that did not run: a GPU-only check on a CPU ("skipped"), or a check of
+# an optional task the learner left out ("optional", harness/plugin.py).
+NOT_RUN_OUTCOMES = ("skipped", "optional")
+
+
 def task_done(counts: dict[str, int] | None) -> bool:
     """A task's last result passed: every check that ran passed (GPU-only checks skipped on a
     CPU count as done here), nothing failed, nothing left out. An optional task left out (its

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import katas as catalog
+from harness import progress
 
 MAX_LINE = 240  # characters of one message line (a tensor repr would be thousands)
 MAX_LINES = 30
@@ -113,7 +114,7 @@ class TaskTally:
 
     @property
     def ran(self) -> int:
-        return sum(n for k, n in self.outcomes.items() if k not in ("skipped", "optional"))
+        return sum(n for k, n in self.outcomes.items() if k not in progress.NOT_RUN_OUTCOMES)
 
     @property
     def passed(self) -> int:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import progress
 from harness.katas import KATAS, KATAS_DIR, ROOT, built_katas
 from harness.mutants import Mutant, likely_tasks
 from harness.workers import Outcome, Session, run_jobs
@@ -80,7 +81,7 @@ def check_stubs(number: str):  # type: ignore[no-untyped-def]
     check = Check(number, "stubs")
     session = _session(f"{number}_stubs", f"katas/{KATAS[number][0]}", "stubs")
     out: Outcome = yield session
-    results = [r for r in out.data.get("results", []) if r["outcome"] not in ("skipped", "optional")]
+    results = [r for r in out.data.get("results", []) if r["outcome"] not in progress.NOT_RUN_OUTCOMES]
     unclean = [r["nodeid"] for r in results if r["outcome"] not in ("todo", "passed")]
     todo = sum(r["outcome"] == "todo" for r in results)
     check.passed = out.code == 1 and todo > 0 and not unclean
