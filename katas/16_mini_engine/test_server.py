@@ -258,20 +258,36 @@ class TestTask5Serve:
     def test_disconnect_frees_the_blocks(self, servers: _Lazy) -> None:
         server = servers.get()
         before = server.runner.aborts
-        conn = http.client.HTTPConnection("127.0.0.1", server.http.port, timeout=30)
-        conn.request("POST", "/v1/completions", headers={"Content-Type": "application/json"}, body=json.dumps(
-            {"model": MODEL, "prompt": rand_ids(20, 6), "max_tokens": 120, "stream": True, "ignore_eos": True}))
-        resp = conn.getresponse()
-        assert resp.status == 200, f"a streaming request: expected 200, got {resp.status}"
-        events = 0
-        while events < 3:
-            if resp.fp.readline().startswith(b"data:"):
-                events += 1
-        conn.sock.shutdown(2)
-        conn.close()
-        deadline = time.monotonic() + 20
-        while server.runner.aborts == before and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # The server notices a closed connection only when it next sends, on its event loop;
+        # on a busy machine the tiny model could otherwise run all 120 tokens first, and the
+        # request would end as finished, not aborted. So each engine step waits 50 ms until the
+        # abort comes in (6 s over the request's length): the race is taken out, not the check.
+        engine = server.runner.engine
+        step = engine.step
+
+        def slow_step() -> Any:
+            if server.runner.aborts == before:
+                time.sleep(0.05)
+            return step()
+
+        engine.step = slow_step
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.http.port, timeout=30)
+            conn.request("POST", "/v1/completions", headers={"Content-Type": "application/json"}, body=json.dumps(
+                {"model": MODEL, "prompt": rand_ids(20, 6), "max_tokens": 120, "stream": True, "ignore_eos": True}))
+            resp = conn.getresponse()
+            assert resp.status == 200, f"a streaming request: expected 200, got {resp.status}"
+            events = 0
+            while events < 3:
+                if resp.fp.readline().startswith(b"data:"):
+                    events += 1
+            conn.sock.shutdown(2)
+            conn.close()
+            deadline = time.monotonic() + 20
+            while server.runner.aborts == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            del engine.step  # the engine's own method again
         assert server.runner.aborts > before, "the client closed its connection mid-stream, but the request was not aborted"
         server.assert_pool_back("after a client disconnected mid-stream")
 
