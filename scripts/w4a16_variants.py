@@ -1,17 +1,24 @@
-"""Kata 11: two kernel designs for w4a16_matmul beside the reference's, on a GPU.
+"""Kata 11: kernel designs for w4a16_matmul beside the reference's, each timed over its launch
+configs on a GPU (kata 11's README tabulates what each reached on an H200).
 
-    python3 scripts/w4a16_variants.py            # GPU: time every variant x config, print the best
-    python3 scripts/w4a16_variants.py --check    # CPU or GPU: each variant equals the float64 oracle
+    python3 scripts/w4a16_variants.py --check   # CPU (interpreter) or GPU: each design equals the float64 oracle
+    python3 scripts/w4a16_variants.py [FLAG]    # GPU: time one design over its configs, beside cuBLAS and the reference
+    python3 scripts/w4a16_variants.py --probe   # GPU: how fast the packed bytes stream with no math at all
 
-- `tc` (tensor cores, nibbles kept apart): the reference interleaves the low and high nibbles
-  back into column order before tl.dot, a layout change through shared memory for every
-  weight. A dot product does not care about the order of k, so `tc` never interleaves: it
-  multiplies the low nibbles by x's even columns and the high nibbles by x's odd columns,
-  two dots with one accumulator, and the unpacking stays elementwise (Triton can then do it in
-  the dot operand's own register layout).
-- `gemv` (CUDA cores, M <= 4): no tensor cores at all: codes times x summed in registers, the
-  group's scale and zero applied once per group to the partial sums.
-Both apply scale and zero per group to the partial product: sum_k x (c - z) s = s (sum_k x c - z sum_k x).
+FLAG picks the design (none: `tc` and `gemv`):
+- `tc`: pointer loads, the low nibbles against x's even columns and the high nibbles against its
+  odd columns, two dots into one partial product (no interleave); `--tcp` the same with the
+  next two groups' loads issued by hand.
+- `gemv` (M <= 4): CUDA cores, codes converted with int-to-float, one reduction a group.
+- `--tma`, `--tma2`, `--tma3`: the split-nibble product with the packed weight and x through TMA
+  tensor descriptors; x pre-split into even and odd columns; two groups a step.
+- `--tma4`: the reference's Hopper kernel (nibbles interleaved in registers, one dot a group).
+- `--fold`, `--fold2`: scale and zero folded into the weight in float32 before the dot, so the
+  dots chain through one accumulator (`fold2`: x pre-split, no interleave).
+- `--gemv8` (M = 1): CUDA cores, the packed weight read as int32 words (eight codes a load),
+  codes to float by bits, loads pipelined with `tl.range(..., num_stages=...)`.
+All but `fold` apply scale and zero per group to the partial product:
+sum_k x (c - z) s = s (sum_k x c - z sum_k x).
 """
 from __future__ import annotations
 
@@ -349,6 +356,113 @@ def _tma3_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blo
 
 
 @triton.jit
+def _fold_kernel(x_desc, xeo_desc, p_desc, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
+                 stride_sn, stride_zn, stride_os, stride_om,
+                 GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr,
+                 SPLIT_X: tl.constexpr):
+    """Scale and zero folded into the weight before the dot: W_hat = c * s - z * s computed in
+    float32 (one fma a weight), rounded once to x's dtype, then acc = dot(W_hat, x^T, acc).
+    The dots chain through one accumulator, so the tensor cores run asynchronously while the
+    next group is unpacked (the split forms wait for each group's dot before scaling it).
+    SPLIT_X: x pre-split into even and odd columns (two dots, no interleave of the nibbles)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    HALF: tl.constexpr = GS // 2
+    G = K // GS
+    n0 = pid_n * BLOCK_N
+    m0 = pid_m * BLOCK_M
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    rows_n = tl.minimum(offs_n, N - 1)
+    if F32:
+        dt = tl.float32
+    elif SPLIT_X:
+        dt = xeo_desc.dtype
+    else:
+        dt = x_desc.dtype
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    g0 = pid_s * blocks_per_split
+    g1 = tl.minimum(g0 + blocks_per_split, G)
+    for g in range(g0, g1):
+        pk = p_desc.load([n0, g * HALF]).to(tl.int32)  # (BLOCK_N, HALF)
+        s = tl.load(s_ptr + rows_n * stride_sn + g)[:, None]  # (BLOCK_N, 1)
+        zs = tl.load(z_ptr + rows_n * stride_zn + g)[:, None] * s
+        # a code as a float32 by bits alone: 2^23 + c, minus 2^23 (exact)
+        lo = ((pk & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        hi = ((pk >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        w_lo = (lo * s - zs).to(dt)  # (c - z) s, rounded once
+        w_hi = (hi * s - zs).to(dt)
+        if SPLIT_X:
+            xe = tl.reshape(xeo_desc.load([0, m0, g * HALF]), (BLOCK_M, HALF))
+            xo = tl.reshape(xeo_desc.load([1, m0, g * HALF]), (BLOCK_M, HALF))
+            if F32:
+                xe = xe.to(tl.float32)
+                xo = xo.to(tl.float32)
+            acc = tl.dot(w_lo, tl.trans(xe), acc)
+            acc = tl.dot(w_hi, tl.trans(xo), acc)
+        else:
+            xt = x_desc.load([m0, g * GS])
+            if F32:
+                xt = xt.to(tl.float32)
+            acc = tl.dot(tl.interleave(w_lo, w_hi), tl.trans(xt), acc)
+    tl.store(out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None],
+             acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
+
+
+@triton.jit
+def _prep_x8_kernel(x_ptr, x8_ptr, xsum_ptr, K, GS: tl.constexpr):
+    """x (1, K) -> x8 (8, K / 8) float32, plane i holding x[8w + i] (what nibble i of word w
+    meets), and xsum (K / GS,) the sum of each group. One program per group."""
+    g = tl.program_id(0)
+    W: tl.constexpr = GS // 8
+    xv = tl.load(x_ptr + g * GS + tl.arange(0, W)[:, None] * 8 + tl.arange(0, 8)[None, :]).to(tl.float32)
+    tl.store(x8_ptr + tl.arange(0, 8)[None, :] * (K // 8) + g * W + tl.arange(0, W)[:, None], xv)
+    tl.store(xsum_ptr + g, tl.sum(tl.sum(xv, axis=1), axis=0))
+
+
+@triton.jit
+def _gemv8_kernel(x_ptr, w_ptr, xsum_ptr, s_ptr, z_ptr, out_ptr, N, K, blocks_per_split,
+                  stride_wn, stride_sn, stride_zn, stride_os,
+                  GS: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr, STAGES: tl.constexpr):
+    """M = 1 on CUDA cores, eight codes a load: the packed weight viewed as int32 words (word w
+    of a row holds columns 8w..8w+7, nibble i = column 8w + i). Each code becomes 128 + c in
+    float32 by bits alone (c shifted to bits 16-19, OR 0x43000000): one shift, one lop3 and one
+    fma per weight; per group one reduction, then s * (sum (128 + c) x - (z + 128) sum x)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    W: tl.constexpr = GS // 8
+    G = K // GS
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_n = tl.minimum(offs_n, N - 1)
+    offs_w = tl.arange(0, W)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    g0 = pid_s * blocks_per_split
+    g1 = tl.minimum(g0 + blocks_per_split, G)
+    for g in tl.range(g0, g1, num_stages=STAGES):
+        wd = tl.load(w_ptr + rows_n[:, None] * stride_wn + (g * W + offs_w)[None, :])  # (BLOCK_N, W) int32
+        part = tl.zeros([BLOCK_N, W], dtype=tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x_ptr + i * (K // 8) + g * W + offs_w)  # (W,) float32: x[8w + i]
+            if F32:
+                ci = ((wd >> (4 * i)) & 0xF).to(tl.float32) + 128.0
+            else:
+                if i < 4:
+                    bits = ((wd << (16 - 4 * i)) & 0xF0000) | 0x43000000
+                elif i == 4:
+                    bits = (wd & 0xF0000) | 0x43000000
+                else:
+                    bits = ((wd >> (4 * i - 16)) & 0xF0000) | 0x43000000
+                ci = bits.to(tl.float32, bitcast=True)  # 128 + c, exactly
+            part += ci * xi[None, :]
+        xs = tl.load(xsum_ptr + g)
+        s = tl.load(s_ptr + rows_n * stride_sn + g)
+        z = tl.load(z_ptr + rows_n * stride_zn + g)
+        acc += s * (tl.sum(part, axis=1) - (z + 128.0) * xs)
+    tl.store(out_ptr + pid_s * stride_os + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
                  stride_xm, stride_pn, stride_sn, stride_zn, stride_os, stride_om,
                  GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -397,7 +511,33 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
     stride_os = 0 if split == 1 else target.stride(0)
     args = (x, packed, scales, zeros, target, M, N, K, per, x.stride(0), packed.stride(0),
             scales.stride(0), zeros.stride(0), stride_os, target.stride(-2))
-    if kind == "tma4":  # the reference's Hopper path, launched with this sweep's config
+    if kind == "gemv8":
+        assert M == 1 and (K // 2) % 4 == 0
+        x8 = torch.empty(8, K // 8, device=x.device, dtype=torch.float32)
+        xsum = torch.empty(K // gs, device=x.device, dtype=torch.float32)
+        _prep_x8_kernel[(K // gs,)](x, x8, xsum, K, GS=gs)
+        words = packed.view(torch.int32)  # (N, K // 8)
+        _gemv8_kernel[(triton.cdiv(N, bn), split)](
+            x8, words, xsum, scales, zeros, target, N, K, per, words.stride(0), scales.stride(0), zeros.stride(0),
+            stride_os, GS=gs, BLOCK_N=bn, F32=interp, STAGES=stages, num_warps=warps, num_stages=stages)
+    elif kind in ("fold", "fold2"):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        split_x = kind == "fold2"
+        if split_x:
+            xeo = torch.empty(2, M, K // 2, device=x.device, dtype=x.dtype)
+            xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
+            _prep_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), GS=gs)
+            xeo_desc = TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2])
+            x_desc = xeo_desc
+        else:
+            x_desc = TensorDescriptor.from_tensor(x, [bm, gs])
+            xeo_desc = x_desc
+        _fold_kernel[(triton.cdiv(N, bn), split, m_tiles)](
+            x_desc, xeo_desc, TensorDescriptor.from_tensor(packed, [bn, gs // 2]), scales, zeros, target,
+            M, N, K, per, scales.stride(0), zeros.stride(0), stride_os, target.stride(-2),
+            GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=interp, SPLIT_X=split_x, num_warps=warps, num_stages=stages)
+    elif kind == "tma4":  # the reference's Hopper path, launched with this sweep's config
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         ref = _load_ref()
@@ -455,7 +595,8 @@ def check(device: str) -> None:
                           (3, 72, 512, "gemv"), (1, 40, 640, "tcp"), (17, 64, 384, "tcp"),
                           (1, 40, 640, "tma"), (17, 72, 384, "tma"), (1, 40, 640, "tma2"), (17, 72, 384, "tma2"),
                           (1, 40, 640, "tma3"), (17, 72, 384, "tma3"), (2, 24, 896, "tma3"),
-                          (1, 40, 640, "tma4"), (17, 72, 384, "tma4")]:
+                          (1, 40, 640, "tma4"), (17, 72, 384, "tma4"),
+                          (1, 40, 640, "gemv8"), (1, 72, 384, "gemv8"), (1, 40, 640, "fold"), (17, 72, 384, "fold"), (1, 40, 640, "fold2"), (17, 72, 384, "fold2")]:
         g = torch.Generator().manual_seed(M * 7 + N)
         xdt = torch.float16 if kind == "tcp" and device == "cpu" else torch.bfloat16  # the interpreter and bf16
         x = torch.randn(M, K, generator=g).to(xdt).to(device)
@@ -547,9 +688,14 @@ def main() -> None:
         t_cublas = cuda_median_ms(lambda: torch.nn.functional.linear(x, w), rep=30)
         t_ref = cuda_median_ms(lambda: ref.w4a16_matmul(x, packed, scales, zeros, 128), rep=30)
         best: dict[str, tuple] = {}
-        kinds = ["tma4"] if "--tma4" in sys.argv else ["tma3"] if "--tma3" in sys.argv else ["tma2"] if "--tma2" in sys.argv else ["tma"] if "--tma" in sys.argv else ["tcp"] if "--tcp" in sys.argv else ["tc", "tc_magic"] + (["gemv"] if M <= 4 else [])
+        kinds = [k for k in ("fold", "fold2", "gemv8") if f"--{k}" in sys.argv and (k != "gemv8" or M == 1)]
+        kinds = kinds if kinds else ["tma4"] if "--tma4" in sys.argv else ["tma3"] if "--tma3" in sys.argv else ["tma2"] if "--tma2" in sys.argv else ["tma"] if "--tma" in sys.argv else ["tcp"] if "--tcp" in sys.argv else ["tc", "tc_magic"] + (["gemv"] if M <= 4 else [])
         for kind in kinds:
-            if kind == "tma4":
+            if kind == "gemv8":
+                grid = itertools.product((32, 64, 128, 256), (4, 8), (2, 3, 4), (2, 4, 8))
+            elif kind.startswith("fold"):
+                grid = itertools.product((32, 64, 128), (4,), (3, 4, 6), (2, 4, 8))
+            elif kind == "tma4":
                 grid = itertools.product((32, 64, 128), (4, 8), (3, 4, 6), (2, 4, 8))
             elif kind == "tma3":
                 grid = itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (2, 4, 8))
