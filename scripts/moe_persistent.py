@@ -22,6 +22,12 @@ the number of column blocks, read from a 1-element device tensor: no host synchr
 
 Each GPU line: T, the config, ms, TFLOP/s (2 * T * top_k * 3 * d * d_ff / s) and the
 fraction of the dense bf16 matmul rate measured by harness.perf.measure_device_peaks().
+
+Measured 2026-11-30 on an H200 (dense 793 TFLOP/s; 13 candidates): none beats the reference.
+Best at T = 4096: 0.815x dense against the reference's 0.817x in the same run; at T = 8192
+0.773x against 0.784x. Flattened loops were slower (0.61-0.74x): ptxas serialises the gate/up
+kernel's wgmmas (warning C7515, the flattened loop re-zeroes the accumulators with a select),
+and flattening costs ~32 KB of shared memory for the epilogue, so still one CTA per SM.
 """
 from __future__ import annotations
 
