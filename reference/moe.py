@@ -415,19 +415,14 @@ def _config(rows_per_expert: float):
     raise AssertionError("unreachable")
 
 
-def moe_forward_triton(x: torch.Tensor, router_weight: torch.Tensor, w_gate: torch.Tensor,
-                       w_up: torch.Tensor, w_down: torch.Tensor, top_k: int) -> torch.Tensor:
-    """moe_forward with the routing and the expert MLPs in Triton: a fixed number of launches
-    whatever E, and no host synchronisation (CUDA-graph capturable)."""
-    _check_block(x, router_weight, w_gate, w_up, w_down, top_k)
-    T, d = x.shape
-    E, d_ff, _ = w_gate.shape
-    dev = x.device
-    logits = x @ router_weight.t()  # (T, E) in x's dtype, as transformers computes them
+def _route_and_tile(logits: torch.Tensor, top_k: int, block_m: int):
+    """Steps 1-3 above, three launches and no host synchronisation: the routing weights
+    (float32, one per assignment t * top_k + slot), `order` (sorted row -> assignment) and the
+    tile table (expert, first row, end row of each BLOCK_M tile; expert -1 past the last).
+    Returns (weights, order, tile_expert, tile_row, tile_end, num_tiles)."""
+    T, E = logits.shape
+    dev = logits.device
     n_rows = T * top_k
-    block_m, (bn1, bk1, w1, s1), (bn2, bk2, w2, s2) = _config(n_rows / E)
-    if x.element_size() == 4 and not _interpreting():  # float32 tiles: half the K block fits in shared memory
-        bk1, bk2 = bk1 // 2, bk2 // 2
     # sum_e ceil(c_e / BLOCK_M) <= ceil(n_rows / BLOCK_M) + E, and never more than n_rows.
     num_tiles = max(1, min(triton.cdiv(n_rows, block_m) + E, n_rows))
     weights = torch.empty(n_rows, dtype=torch.float32, device=dev)
@@ -448,6 +443,23 @@ def moe_forward_triton(x: torch.Tensor, router_weight: torch.Tensor, w_gate: tor
                                  E_PAD=e_pad, BLOCK_M=block_m,
                                  BLOCK_U=min(triton.next_power_of_2(num_tiles), 1024), num_warps=4)
         _scatter_kernel[(triton.cdiv(n_rows, 1024),)](experts, cursor, order, n_rows, BLOCK=1024, num_warps=4)
+    return weights, order, tile_expert, tile_row, tile_end, num_tiles
+
+
+def moe_forward_triton(x: torch.Tensor, router_weight: torch.Tensor, w_gate: torch.Tensor,
+                       w_up: torch.Tensor, w_down: torch.Tensor, top_k: int) -> torch.Tensor:
+    """moe_forward with the routing and the expert MLPs in Triton: a fixed number of launches
+    whatever E, and no host synchronisation (CUDA-graph capturable)."""
+    _check_block(x, router_weight, w_gate, w_up, w_down, top_k)
+    T, d = x.shape
+    E, d_ff, _ = w_gate.shape
+    dev = x.device
+    logits = x @ router_weight.t()  # (T, E) in x's dtype, as transformers computes them
+    n_rows = T * top_k
+    block_m, (bn1, bk1, w1, s1), (bn2, bk2, w2, s2) = _config(n_rows / E)
+    if x.element_size() == 4 and not _interpreting():  # float32 tiles: half the K block fits in shared memory
+        bk1, bk2 = bk1 // 2, bk2 // 2
+    weights, order, tile_expert, tile_row, tile_end, num_tiles = _route_and_tile(logits, top_k, block_m)
 
     to_f32 = _interpreting()
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 inputs: no TF32 rounding

@@ -210,31 +210,9 @@ def route_and_tile(x, router_weight, top_k: int, num_experts: int, block_m: int)
     """The reference's routing launches (route + top-k, tile table, scatter) and the number of
     valid tiles as a 1-element int32 device tensor; no host synchronisation.
     Returns (weights, order, tile_expert, tile_row, tile_end, num_valid)."""
-    T = x.shape[0]
-    E = num_experts
-    dev = x.device
-    n_rows = T * top_k
+    assert router_weight.shape[0] == num_experts
     logits = x @ router_weight.t()  # (T, E) in x's dtype, as the reference computes them
-    num_tiles = max(1, min(triton.cdiv(n_rows, block_m) + E, n_rows))
-    weights = torch.empty(n_rows, dtype=torch.float32, device=dev)
-    order = torch.empty(n_rows, dtype=torch.int32, device=dev)
-    tile_expert = torch.full((num_tiles,), -1, dtype=torch.int32, device=dev)
-    tile_row = torch.zeros(num_tiles, dtype=torch.int32, device=dev)
-    tile_end = torch.zeros(num_tiles, dtype=torch.int32, device=dev)
-    if T > 0:
-        e_pad = triton.next_power_of_2(E)
-        block_t = max(1, min(triton.next_power_of_2(T), 2048 // e_pad, 64))
-        experts = torch.empty(n_rows, dtype=torch.int32, device=dev)
-        counts = torch.zeros(e_pad, dtype=torch.int32, device=dev)
-        cursor = torch.empty(e_pad, dtype=torch.int32, device=dev)
-        ref._route_topk_kernel[(triton.cdiv(T, block_t),)](
-            logits, weights, experts, counts, T, E, logits.stride(0), logits.stride(1),
-            TOP_K=top_k, E_PAD=e_pad, BLOCK_T=block_t, num_warps=4)
-        ref._tile_table_kernel[(1,)](counts, cursor, tile_expert, tile_row, tile_end, E, num_tiles,
-                                     E_PAD=e_pad, BLOCK_M=block_m,
-                                     BLOCK_U=min(triton.next_power_of_2(num_tiles), 1024), num_warps=4)
-        ref._scatter_kernel[(triton.cdiv(n_rows, 1024),)](experts, cursor, order, n_rows, BLOCK=1024,
-                                                          num_warps=4)
+    weights, order, tile_expert, tile_row, tile_end, _ = ref._route_and_tile(logits, top_k, block_m)
     # the invalid tiles (expert -1) are all at the end of the table: count the valid ones
     num_valid = (tile_expert >= 0).sum(dtype=torch.int32).reshape(1)
     return weights, order, tile_expert, tile_row, tile_end, num_valid
