@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -356,7 +357,7 @@ def _tma3_kernel(xeo_desc, p_desc, xsum_ptr, s_ptr, z_ptr, out_ptr, M, N, K, blo
 
 
 @triton.jit
-def _fold_kernel(x_desc, xeo_desc, p_desc, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
+def _fold_kernel(x_desc, p_desc, s_ptr, z_ptr, out_ptr, M, N, K, blocks_per_split,
                  stride_sn, stride_zn, stride_os, stride_om,
                  GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr,
                  SPLIT_X: tl.constexpr):
@@ -364,7 +365,8 @@ def _fold_kernel(x_desc, xeo_desc, p_desc, s_ptr, z_ptr, out_ptr, M, N, K, block
     float32 (one fma a weight), rounded once to x's dtype, then acc = dot(W_hat, x^T, acc).
     The dots chain through one accumulator, so the tensor cores run asynchronously while the
     next group is unpacked (the split forms wait for each group's dot before scaling it).
-    SPLIT_X: x pre-split into even and odd columns (two dots, no interleave of the nibbles)."""
+    SPLIT_X: x_desc is over x pre-split into even and odd columns, (2, M, K / 2) (two dots, no
+    interleave of the nibbles); else over x itself."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -375,12 +377,7 @@ def _fold_kernel(x_desc, xeo_desc, p_desc, s_ptr, z_ptr, out_ptr, M, N, K, block
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     rows_n = tl.minimum(offs_n, N - 1)
-    if F32:
-        dt = tl.float32
-    elif SPLIT_X:
-        dt = xeo_desc.dtype
-    else:
-        dt = x_desc.dtype
+    dt = tl.float32 if F32 else x_desc.dtype
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     g0 = pid_s * blocks_per_split
     g1 = tl.minimum(g0 + blocks_per_split, G)
@@ -394,8 +391,8 @@ def _fold_kernel(x_desc, xeo_desc, p_desc, s_ptr, z_ptr, out_ptr, M, N, K, block
         w_lo = (lo * s - zs).to(dt)  # (c - z) s, rounded once
         w_hi = (hi * s - zs).to(dt)
         if SPLIT_X:
-            xe = tl.reshape(xeo_desc.load([0, m0, g * HALF]), (BLOCK_M, HALF))
-            xo = tl.reshape(xeo_desc.load([1, m0, g * HALF]), (BLOCK_M, HALF))
+            xe = tl.reshape(x_desc.load([0, m0, g * HALF]), (BLOCK_M, HALF))
+            xo = tl.reshape(x_desc.load([1, m0, g * HALF]), (BLOCK_M, HALF))
             if F32:
                 xe = xe.to(tl.float32)
                 xo = xo.to(tl.float32)
@@ -521,25 +518,13 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
             x8, words, xsum, scales, zeros, target, N, K, per, words.stride(0), scales.stride(0), zeros.stride(0),
             stride_os, GS=gs, BLOCK_N=bn, F32=interp, STAGES=stages, num_warps=warps, num_stages=stages)
     elif kind in ("fold", "fold2"):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         split_x = kind == "fold2"
-        if split_x:
-            xeo = torch.empty(2, M, K // 2, device=x.device, dtype=x.dtype)
-            xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
-            _prep_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), GS=gs)
-            xeo_desc = TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2])
-            x_desc = xeo_desc
-        else:
-            x_desc = TensorDescriptor.from_tensor(x, [bm, gs])
-            xeo_desc = x_desc
+        x_desc = _even_odd_x(x, bm, gs)[0] if split_x else TensorDescriptor.from_tensor(x, [bm, gs])
         _fold_kernel[(triton.cdiv(N, bn), split, m_tiles)](
-            x_desc, xeo_desc, TensorDescriptor.from_tensor(packed, [bn, gs // 2]), scales, zeros, target,
+            x_desc, TensorDescriptor.from_tensor(packed, [bn, gs // 2]), scales, zeros, target,
             M, N, K, per, scales.stride(0), zeros.stride(0), stride_os, target.stride(-2),
             GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=interp, SPLIT_X=split_x, num_warps=warps, num_stages=stages)
     elif kind == "tma4":  # the reference's Hopper path, launched with this sweep's config
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         ref = _load_ref()
         xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
         ref._x_group_sums_kernel[(M, K // gs)](x, xsum, K, x.stride(0), x.stride(1), GS=gs)
@@ -549,18 +534,12 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
             zeros.stride(1), stride_os, target.stride(-2), target.stride(-1), GS=gs, BLOCK_M=bm, BLOCK_N=bn,
             F32=interp, num_warps=warps, num_stages=stages)
     elif kind in ("tma2", "tma3"):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        xeo = torch.empty(2, M, K // 2, device=x.device, dtype=x.dtype)
-        xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
-        _prep_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), GS=gs)
+        xeo_desc, xsum = _even_odd_x(x, bm, gs)
         (_tma3_kernel if kind == "tma3" else _tma2_kernel)[(triton.cdiv(N, bn), split, m_tiles)](
-            TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2]), TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
+            xeo_desc, TensorDescriptor.from_tensor(packed, [bn, gs // 2]),
             xsum, scales, zeros, target, M, N, K, per, scales.stride(0), zeros.stride(0), stride_os,
             target.stride(-2), GS=gs, BLOCK_M=bm, BLOCK_N=bn, F32=interp, num_warps=warps, num_stages=stages)
     elif kind == "tma":
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         x_desc = TensorDescriptor.from_tensor(x, [bm, gs])
         p_desc = TensorDescriptor.from_tensor(packed, [bn, gs // 2])
         _tma_kernel[(triton.cdiv(N, bn), split, m_tiles)](
@@ -580,6 +559,16 @@ def run(kind: str, x, packed, scales, zeros, gs: int, *, bn: int, warps: int, st
     if split > 1:
         _load_ref()._sum_splits_kernel[(triton.cdiv(M * N, 1024),)](target, out, M * N, SPLITS=split, BLOCK=1024)
     return out
+
+
+def _even_odd_x(x: torch.Tensor, bm: int, gs: int) -> tuple[TensorDescriptor, torch.Tensor]:
+    """x split into its even and odd columns, (2, M, K / 2), as a (1, bm, gs / 2) tensor
+    descriptor, and each group's sum of x (M, K / gs) float32: _prep_x_kernel's two outputs."""
+    M, K = x.shape
+    xeo = torch.empty(2, M, K // 2, device=x.device, dtype=x.dtype)
+    xsum = torch.empty(M, K // gs, device=x.device, dtype=torch.float32)
+    _prep_x_kernel[(M, K // gs)](x, xeo, xsum, M, K, x.stride(0), GS=gs)
+    return TensorDescriptor.from_tensor(xeo, [1, bm, gs // 2]), xsum
 
 
 def _load_ref():
